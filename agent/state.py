@@ -1,0 +1,190 @@
+"""DesiredState: what this node must program, in terms a kernel engineer reads.
+
+- VIPs: the addresses the node serves.
+- L4 frontends: (vip, protocol, port) -> weighted endpoint set.  Weights are
+  integers in one common unit per frontend; `reject_weight` is the share of new
+  flows that must be refused (it belongs to backendRefs that are invalid or have
+  no ready endpoint) and is never handed to the valid backends.  A backend of
+  weight 0 takes no new flow but keeps its established ones (a terminating
+  endpoint).  A frontend without any positive weight refuses every new flow.
+- L7 listeners: what the local proxy worker serves, with routing tables already
+  ordered by the Gateway API's precedence rules.
+
+Nothing here knows about Gateway API objects' validation or status; nothing
+here knows about nftables or BPF.  `to_dict` is the stable printable form used
+by `gatewaylb translate -o json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from agent.model.routes import RouteFilter, Timeouts
+
+TCP = "tcp"
+UDP = "udp"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    ip: str
+    port: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendSource:
+    """Which Gateway listener (and route) a frontend serves; metrics labels."""
+
+    namespace: str
+    gateway: str
+    listener: str
+    route: str = ""  # "namespace/name" of the route carrying the traffic
+
+
+@dataclass(frozen=True, slots=True)
+class L4Frontend:
+    vip: str
+    protocol: str  # tcp | udp
+    port: int
+    backends: tuple[Backend, ...]
+    reject_weight: int
+    source: FrontendSource
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.vip, self.protocol, self.port)
+
+    @property
+    def total_weight(self) -> int:
+        return sum(b.weight for b in self.backends) + self.reject_weight
+
+    @property
+    def accepts_new_flows(self) -> bool:
+        return any(b.weight > 0 for b in self.backends)
+
+
+# -- L7 -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBackend:
+    """One backendRef of an L7 rule resolved to its ready endpoints."""
+
+    name: str  # namespace/service:port, for config names and logs
+    weight: int
+    endpoints: tuple[Backend, ...]
+    app_protocol: str | None = None
+    filters: tuple[RouteFilter, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSet:
+    services: tuple[ServiceBackend, ...]
+    # Weight of backendRefs that are invalid or have no endpoints: requests
+    # that fall in this share get HTTP 500 (or a refused connection for TLS).
+    invalid_weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRule:
+    type: str
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPMatch:
+    path_type: str  # Exact | PathPrefix | RegularExpression
+    path: str
+    headers: tuple[MatchRule, ...] = ()
+    query_params: tuple[MatchRule, ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRouteEntry:
+    """One match of one rule: the unit of HTTP routing precedence."""
+
+    route: str  # Kind namespace/name
+    rule: int
+    match: HTTPMatch
+    filters: tuple[RouteFilter, ...]
+    backends: BackendSet
+    timeouts: Timeouts | None = None
+    grpc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    """Requests whose Host (or SNI) matches `hostname` ("*" matches any)."""
+
+    hostname: str
+    routes: tuple[HTTPRouteEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSCertificate:
+    secret: str  # namespace/name
+    cert_pem: bytes = dataclasses.field(repr=False)
+    key_pem: bytes = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSRouteEntry:
+    """A TLSRoute on a TLS listener: SNI names -> backends (passthrough, or the
+    decrypted stream when the listener terminates)."""
+
+    route: str
+    hostnames: tuple[str, ...]
+    backends: BackendSet
+
+
+@dataclass(frozen=True, slots=True)
+class L7Listener:
+    gateway: str  # namespace/name
+    listener: str
+    vips: tuple[str, ...]
+    port: int
+    protocol: str  # HTTP | HTTPS | TLS
+    tls_mode: str | None  # Terminate | Passthrough
+    hostname: str | None
+    certificates: tuple[TLSCertificate, ...] = ()
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    tls_routes: tuple[TLSRouteEntry, ...] = ()
+    # TLS listener in Terminate mode carrying a TCPRoute: decrypted stream.
+    tcp_backends: BackendSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    vips: tuple[str, ...] = ()
+    l4: tuple[L4Frontend, ...] = ()
+    l7: tuple[L7Listener, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vips": list(self.vips),
+            "l4": [_plain(f) for f in self.l4],
+            "l7": [_plain(listener) for listener in self.l7],
+        }
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass tree as JSON-ready data; secrets are shown by fingerprint only."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if item is None:
+                continue
+            out[f.name] = _plain(item)
+        return out
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
+    return value

@@ -1,0 +1,415 @@
+"""translate: Snapshot -> (DesiredState, StatusReport).  Pure and deterministic.
+
+The order of work follows the spec's dependencies: GatewayClasses decide which
+Gateways are ours; Gateways and their listeners are judged on their own; routes
+are then attached to listeners (which counts attachedRoutes) and their
+backendRefs resolved; only then are Gateway statuses final and the dataplane's
+desired state built from what is accepted and programmable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from agent.model.meta import Key, ObjectMeta, age_order
+from agent.model.routes import (
+    GRPC_ROUTE,
+    HTTP_ROUTE,
+    TCP_ROUTE,
+    TLS_ROUTE,
+    UDP_ROUTE,
+    BackendObjectReference,
+    GRPCRoute,
+    GRPCRouteRule,
+    HTTPRoute,
+    HTTPRouteRule,
+    L4Route,
+    Route,
+    RouteFilter,
+)
+from agent.model.snapshot import InvalidObject, Snapshot
+from agent.state import (
+    TCP,
+    UDP,
+    BackendSet,
+    DesiredState,
+    FrontendSource,
+    L4Frontend,
+    L7Listener,
+    TLSRouteEntry,
+)
+from agent.translate.attach import ParentVerdict, evaluate_parent, our_gateway, parent_ref_status
+from agent.translate.backends import (
+    BackendResolver,
+    RefError,
+    WeightedResolution,
+    l4_backends,
+    l7_backends,
+)
+from agent.translate.features import SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
+from agent.translate.gateways import (
+    L4_PROTOCOLS,
+    GatewayState,
+    ListenerState,
+    claim_ports,
+    evaluate_gateway,
+    gateway_class_status,
+)
+from agent.translate.index import SnapshotIndex
+from agent.translate.l7 import PendingEntry, route_entries, virtual_hosts
+from agent.translate.status import (
+    ACCEPTED,
+    PARTIALLY_INVALID,
+    PROGRAMMED,
+    R_ACCEPTED,
+    R_INVALID,
+    R_RESOLVED_REFS,
+    R_UNSUPPORTED_VALUE,
+    RESOLVED_REFS,
+    Condition,
+    GatewayStatus,
+    ObjectStatus,
+    RouteParentStatus,
+    RouteStatus,
+    Status,
+    StatusReport,
+)
+
+DEFAULT_CONTROLLER_NAME = "gatewaylb.io/agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    desired: DesiredState
+    status: StatusReport
+
+
+@dataclass
+class RouteResult:
+    route: Route
+    verdicts: list[ParentVerdict]
+    # rule index -> its resolved backends, for rules that can be served.
+    rules: dict[int, list[WeightedResolution]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # "rule N: why"
+    ref_errors: list[RefError] = field(default_factory=list)
+
+    @property
+    def servable(self) -> bool:
+        return bool(self.rules)
+
+
+def translate(snapshot: Snapshot, controller_name: str = DEFAULT_CONTROLLER_NAME) -> Translation:
+    index = SnapshotIndex.build(snapshot)
+    statuses: list[ObjectStatus] = []
+
+    classes: dict[str, bool] = {}
+    for gc in snapshot.gateway_classes:
+        if gc.controller_name != controller_name:
+            continue
+        class_status, ok = gateway_class_status(gc, SUPPORTED_FEATURES)
+        classes[gc.meta.name] = ok
+        statuses.append(_object_status("GatewayClass", gc.meta, class_status))
+
+    gateways: dict[Key, GatewayState] = {}
+    for gw in snapshot.gateways:
+        if gw.class_name in classes:
+            gateways[gw.meta.key] = evaluate_gateway(gw, classes[gw.class_name], index)
+    claim_ports(list(gateways.values()))
+
+    resolver = BackendResolver(index)
+    results: list[RouteResult] = []
+    routes: list[Route] = [*snapshot.http_routes, *snapshot.grpc_routes, *snapshot.l4_routes]
+    for route in routes:
+        result = _evaluate_route(route, gateways, index, resolver)
+        if result.verdicts:
+            results.append(result)
+            statuses.append(
+                _object_status(route.kind, route.meta, _route_status(result, controller_name))
+            )
+
+    for inv in snapshot.invalid:
+        status = _invalid_status(inv, classes, gateways, controller_name)
+        if status is not None:
+            statuses.append(status)
+
+    for state in gateways.values():
+        statuses.append(_object_status("Gateway", state.gateway.meta, state.status()))
+
+    desired = _desired_state(gateways, results)
+    statuses.sort(key=lambda s: s.sort_key)
+    return Translation(desired=desired, status=StatusReport(tuple(statuses)))
+
+
+def _object_status(kind: str, meta: ObjectMeta, status: Status) -> ObjectStatus:
+    api_version = meta.api_version or "gateway.networking.k8s.io/v1"
+    return ObjectStatus(
+        api_version=api_version,
+        kind=kind,
+        namespace=meta.namespace,
+        name=meta.name,
+        generation=meta.generation,
+        status=status,
+    )
+
+
+# -- routes ------------------------------------------------------------------------
+
+
+def _evaluate_route(
+    route: Route,
+    gateways: dict[Key, GatewayState],
+    index: SnapshotIndex,
+    resolver: BackendResolver,
+) -> RouteResult:
+    verdicts: list[ParentVerdict] = []
+    for ref in route.parent_refs:
+        gateway = our_gateway(ref, route.meta.namespace, gateways)
+        if gateway is None:
+            continue
+        verdicts.append(
+            evaluate_parent(
+                kind=route.kind,
+                meta=route.meta,
+                hostnames=route.hostnames,
+                ref=ref,
+                gateway=gateway,
+                index=index,
+            )
+        )
+    result = RouteResult(route, verdicts)
+    if not verdicts:
+        return result
+
+    def resolve(
+        ref_weight: int, ref: BackendObjectReference, filters: tuple[RouteFilter, ...] = ()
+    ) -> WeightedResolution:
+        res = resolver.resolve(ref, route_kind=route.kind, route_namespace=route.meta.namespace)
+        if isinstance(res, RefError):
+            result.ref_errors.append(res)
+        return WeightedResolution(ref_weight, res, filters)
+
+    if isinstance(route, HTTPRoute | GRPCRoute):
+        rules: tuple[HTTPRouteRule | GRPCRouteRule, ...] = route.rules
+        for i, rule in enumerate(rules):
+            unsupported = _unsupported(route, i)
+            resolved = [resolve(b.weight, b.ref, b.filters) for b in rule.backend_refs]
+            for flt in (*rule.filters, *(f for b in rule.backend_refs for f in b.filters)):
+                if flt.request_mirror is not None:
+                    mirror = resolve(0, flt.request_mirror.backend)
+                    if isinstance(mirror.resolution, RefError):
+                        unsupported = unsupported or f"mirror backend: {mirror.resolution.message}"
+            if unsupported:
+                result.dropped.append(f"rule {rule.name or i}: {unsupported}")
+                continue
+            result.rules[i] = resolved
+    else:
+        refs = [resolve(b.weight, b.ref) for rule in route.rules for b in rule.backend_refs]
+        result.rules[0] = refs
+
+    if result.servable:
+        for verdict in verdicts:
+            seen: set[int] = set()
+            for att in verdict.attachments:
+                if id(att.listener) not in seen:
+                    seen.add(id(att.listener))
+                    att.listener.attached_routes += 1
+    return result
+
+
+def _unsupported(route: HTTPRoute | GRPCRoute, i: int) -> str | None:
+    rule = route.rules[i]
+    filters = list(rule.filters) + [f for b in rule.backend_refs for f in b.filters]
+    for flt in filters:
+        if flt.type in UNSUPPORTED_FILTERS:
+            return f"the {flt.type} filter is not supported"
+    if isinstance(route, HTTPRoute) and route.rules[i].has_retry:
+        return "retry is not supported"
+    if rule.has_session_persistence:
+        return "sessionPersistence is not supported"
+    return None
+
+
+def _route_status(result: RouteResult, controller_name: str) -> RouteStatus:
+    gen = result.route.meta.generation
+    if result.ref_errors:
+        first = result.ref_errors[0]
+        messages = list(dict.fromkeys(e.message for e in result.ref_errors))
+        resolved = Condition(RESOLVED_REFS, False, first.reason, "; ".join(messages)[:1024], gen)
+    else:
+        resolved = Condition(RESOLVED_REFS, True, R_RESOLVED_REFS, "All references resolved", gen)
+    parents = []
+    for verdict in result.verdicts:
+        conds: list[Condition] = []
+        if verdict.rejection is not None:
+            conds.append(Condition(ACCEPTED, False, *verdict.rejection, gen))
+        elif not result.servable:
+            conds.append(
+                Condition(
+                    ACCEPTED, False, R_UNSUPPORTED_VALUE, "; ".join(result.dropped)[:1024], gen
+                )
+            )
+        else:
+            conds.append(Condition(ACCEPTED, True, R_ACCEPTED, "Route is accepted", gen))
+            if result.dropped:
+                conds.append(
+                    Condition(
+                        PARTIALLY_INVALID,
+                        True,
+                        R_UNSUPPORTED_VALUE,
+                        "Dropped Rule(s): " + "; ".join(result.dropped)[:1000],
+                        gen,
+                    )
+                )
+        conds.append(resolved)
+        parents.append(RouteParentStatus(verdict.parent, controller_name, tuple(conds)))
+    return RouteStatus(tuple(parents))
+
+
+def _invalid_status(
+    inv: InvalidObject,
+    classes: dict[str, bool],
+    gateways: dict[Key, GatewayState],
+    controller_name: str,
+) -> ObjectStatus | None:
+    """A malformed object of ours still gets a status that names the bad field."""
+    gen = inv.meta.generation
+    if inv.kind == "Gateway":
+        if inv.gateway_class not in classes:
+            return None
+        msg = f"invalid Gateway: {inv.error}"
+        return _object_status(
+            "Gateway",
+            inv.meta,
+            GatewayStatus(
+                addresses=(),
+                conditions=(
+                    Condition(ACCEPTED, False, R_INVALID, msg, gen),
+                    Condition(PROGRAMMED, False, R_INVALID, msg, gen),
+                ),
+                listeners=(),
+            ),
+        )
+    if inv.kind not in (HTTP_ROUTE, GRPC_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE):
+        return None
+    parents = []
+    for ref in inv.parent_refs:
+        gateway = our_gateway(ref, inv.meta.namespace, gateways)
+        if gateway is None:
+            continue
+        cond = Condition(
+            ACCEPTED, False, R_UNSUPPORTED_VALUE, f"invalid {inv.kind}: {inv.error}", gen
+        )
+        parents.append(
+            RouteParentStatus(
+                parent_ref_status(ref, gateway.key.namespace), controller_name, (cond,)
+            )
+        )
+    if not parents:
+        return None
+    return _object_status(inv.kind, inv.meta, RouteStatus(tuple(parents)))
+
+
+# -- desired state -------------------------------------------------------------------
+
+
+def _desired_state(gateways: dict[Key, GatewayState], results: list[RouteResult]) -> DesiredState:
+    # listener -> the servable routes attached to it, with their hostnames there.
+    attached: dict[int, list[tuple[RouteResult, tuple[str, ...]]]] = {}
+    for result in results:
+        if not result.servable:
+            continue
+        for verdict in result.verdicts:
+            for att in verdict.attachments:
+                bucket = attached.setdefault(id(att.listener), [])
+                if all(r is not result for r, _ in bucket):
+                    bucket.append((result, att.hostnames))
+
+    vips: set[str] = set()
+    l4: list[L4Frontend] = []
+    l7: list[L7Listener] = []
+    for key in sorted(gateways):
+        state = gateways[key]
+        if not state.programmed:
+            continue
+        vips.update(state.vips)
+        for ls in state.listeners:
+            if not ls.programmable:
+                continue
+            routes = sorted(attached.get(id(ls), []), key=lambda r: age_order(r[0].route.meta))
+            if ls.listener.protocol in L4_PROTOCOLS:
+                l4.extend(_l4_frontends(state, ls, routes[0][0] if routes else None))
+            else:
+                l7.append(_l7_listener(state, ls, routes))
+    return DesiredState(
+        vips=tuple(sorted(vips, key=_ip_sort_key)),
+        l4=tuple(sorted(l4, key=lambda f: (_ip_sort_key(f.vip), f.protocol, f.port))),
+        l7=tuple(l7),
+    )
+
+
+def _ip_sort_key(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return (addr.version, int(addr))
+
+
+def _l4_frontends(
+    state: GatewayState, ls: ListenerState, winner: RouteResult | None
+) -> list[L4Frontend]:
+    """One frontend per VIP.  Only the oldest attached route carries traffic; a
+    listener with no route still gets a frontend, which refuses connections."""
+    protocol = TCP if ls.listener.protocol == "TCP" else UDP
+    source = FrontendSource(
+        namespace=state.key.namespace,
+        gateway=state.key.name,
+        listener=ls.listener.name,
+        route=str(winner.route.meta.key) if winner else "",
+    )
+    out = []
+    for vip in state.vips:
+        family = ipaddress.ip_address(vip).version
+        refs = winner.rules.get(0, []) if winner else []
+        backends, reject = l4_backends(refs, family)
+        out.append(L4Frontend(vip, protocol, ls.listener.port, backends, reject, source))
+    return out
+
+
+def _l7_listener(
+    state: GatewayState,
+    ls: ListenerState,
+    routes: list[tuple[RouteResult, tuple[str, ...]]],
+) -> L7Listener:
+    by_hostname: dict[str, list[PendingEntry]] = {}
+    tls_routes: list[TLSRouteEntry] = []
+    tcp_backends: BackendSet | None = None
+    claimed: set[str] = set()
+    for result, hostnames in routes:
+        route = result.route
+        if isinstance(route, HTTPRoute | GRPCRoute):
+            backend_sets = {i: l7_backends(refs) for i, refs in result.rules.items()}
+            entries = route_entries(route, backend_sets)
+            for hostname in hostnames:
+                by_hostname.setdefault(hostname, []).extend(entries)
+        elif isinstance(route, L4Route) and route.kind == TLS_ROUTE:
+            # An SNI name belongs to the oldest route that claims it.
+            mine = tuple(h for h in hostnames if h not in claimed)
+            claimed.update(mine)
+            if mine:
+                tls_routes.append(
+                    TLSRouteEntry(str(route.meta.key), mine, l7_backends(result.rules[0]))
+                )
+        elif isinstance(route, L4Route) and route.kind == TCP_ROUTE and tcp_backends is None:
+            tcp_backends = l7_backends(result.rules[0])
+    return L7Listener(
+        gateway=str(state.key),
+        listener=ls.listener.name,
+        vips=state.vips,
+        port=ls.listener.port,
+        protocol=ls.listener.protocol,
+        tls_mode=ls.tls_mode,
+        hostname=ls.listener.hostname,
+        certificates=tuple(ls.certificates),
+        virtual_hosts=virtual_hosts(by_hostname),
+        tls_routes=tuple(tls_routes),
+        tcp_backends=tcp_backends,
+    )

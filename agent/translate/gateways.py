@@ -1,0 +1,494 @@
+"""GatewayClass acceptance, Gateway addresses, and listener validation.
+
+Produces, for each Gateway of our classes, the verdict on every listener
+(accepted? conflicted? refs resolved? which route kinds?) before any route is
+looked at; attach.py then counts routes onto these listeners.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from agent.model.gateway import Gateway, GatewayClass, Listener
+from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_order
+from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
+from agent.state import TLSCertificate
+from agent.translate.index import SnapshotIndex
+from agent.translate.refs import reference_permitted
+from agent.translate.status import (
+    ACCEPTED,
+    CONFLICTED,
+    PROGRAMMED,
+    R_ACCEPTED,
+    R_ADDRESS_NOT_ASSIGNED,
+    R_ADDRESS_NOT_USABLE,
+    R_HOSTNAME_CONFLICT,
+    R_INVALID,
+    R_INVALID_CERTIFICATE_REF,
+    R_INVALID_PARAMETERS,
+    R_INVALID_ROUTE_KINDS,
+    R_LISTENERS_NOT_VALID,
+    R_NO_CONFLICTS,
+    R_PORT_UNAVAILABLE,
+    R_PROGRAMMED,
+    R_PROTOCOL_CONFLICT,
+    R_REF_NOT_PERMITTED,
+    R_RESOLVED_REFS,
+    R_SUPPORTED_VERSION,
+    R_UNSUPPORTED_ADDRESS,
+    R_UNSUPPORTED_PROTOCOL,
+    RESOLVED_REFS,
+    SUPPORTED_VERSION,
+    Condition,
+    GatewayClassStatus,
+    GatewayStatus,
+    ListenerStatus,
+)
+
+GATEWAY_API_VERSION = "v1.6.1"
+
+# Route kinds each listener protocol can carry (and carries by default).
+_HTTP_KINDS = (GroupKind(GATEWAY_GROUP, HTTP_ROUTE), GroupKind(GATEWAY_GROUP, GRPC_ROUTE))
+ROUTE_KINDS_BY_PROTOCOL: dict[tuple[str, str | None], tuple[GroupKind, ...]] = {
+    ("HTTP", None): _HTTP_KINDS,
+    ("HTTPS", "Terminate"): _HTTP_KINDS,
+    ("TLS", "Passthrough"): (GroupKind(GATEWAY_GROUP, TLS_ROUTE),),
+    ("TLS", "Terminate"): (
+        GroupKind(GATEWAY_GROUP, TLS_ROUTE),
+        GroupKind(GATEWAY_GROUP, TCP_ROUTE),
+    ),
+    ("TCP", None): (GroupKind(GATEWAY_GROUP, TCP_ROUTE),),
+    ("UDP", None): (GroupKind(GATEWAY_GROUP, UDP_ROUTE),),
+}
+L4_PROTOCOLS = ("TCP", "UDP")
+L7_PROTOCOLS = ("HTTP", "HTTPS", "TLS")
+
+
+def transport_of(protocol: str) -> str:
+    return "udp" if protocol == "UDP" else "tcp"
+
+
+@dataclass
+class ListenerState:
+    listener: Listener
+    gateway: Key
+    supported_kinds: tuple[GroupKind, ...] = ()
+    # (reason, message) when the listener is not accepted / conflicted / unresolved.
+    not_accepted: tuple[str, str] | None = None
+    conflict: tuple[str, str] | None = None
+    unresolved: tuple[str, str] | None = None
+    certificates: list[TLSCertificate] = field(default_factory=list)
+    attached_routes: int = 0
+
+    @property
+    def tls_mode(self) -> str | None:
+        return self.listener.tls.mode if self.listener.tls is not None else None
+
+    @property
+    def accepted(self) -> bool:
+        return self.not_accepted is None and self.conflict is None
+
+    @property
+    def needs_certificates(self) -> bool:
+        return self.listener.protocol in ("HTTPS", "TLS") and self.tls_mode == "Terminate"
+
+    @property
+    def programmable(self) -> bool:
+        """Would the dataplane serve this listener (given its Gateway is programmed)?"""
+        if not self.accepted:
+            return False
+        return not (self.needs_certificates and not self.certificates)
+
+    def status(self, generation: int, gateway_programmed: bool) -> ListenerStatus:
+        conds: list[Condition] = []
+        if self.conflict is not None:
+            reason, message = self.conflict
+            conds.append(Condition(ACCEPTED, False, reason, message, generation))
+        elif self.not_accepted is not None:
+            reason, message = self.not_accepted
+            conds.append(Condition(ACCEPTED, False, reason, message, generation))
+        else:
+            conds.append(Condition(ACCEPTED, True, R_ACCEPTED, "Listener is accepted", generation))
+        if self.unresolved is not None:
+            reason, message = self.unresolved
+            conds.append(Condition(RESOLVED_REFS, False, reason, message, generation))
+        else:
+            conds.append(
+                Condition(
+                    RESOLVED_REFS, True, R_RESOLVED_REFS, "All references resolved", generation
+                )
+            )
+        if self.conflict is not None:
+            reason, message = self.conflict
+            conds.append(Condition(CONFLICTED, True, reason, message, generation))
+        else:
+            conds.append(Condition(CONFLICTED, False, R_NO_CONFLICTS, "No conflicts", generation))
+        if self.programmable and gateway_programmed:
+            conds.append(
+                Condition(PROGRAMMED, True, R_PROGRAMMED, "Listener is programmed", generation)
+            )
+        elif self.conflict is not None:
+            conds.append(
+                Condition(PROGRAMMED, False, self.conflict[0], self.conflict[1], generation)
+            )
+        elif self.programmable:
+            conds.append(
+                Condition(PROGRAMMED, False, R_INVALID, "the Gateway is not programmed", generation)
+            )
+        else:
+            why = (self.not_accepted or self.unresolved or ("", "listener is invalid"))[1]
+            conds.append(Condition(PROGRAMMED, False, R_INVALID, why, generation))
+        kinds = () if not self.accepted else self.supported_kinds
+        return ListenerStatus(
+            name=self.listener.name,
+            supported_kinds=tuple((k.group, k.kind) for k in kinds),
+            attached_routes=self.attached_routes,
+            conditions=tuple(conds),
+        )
+
+
+@dataclass
+class GatewayState:
+    gateway: Gateway
+    listeners: list[ListenerState]
+    vips: tuple[str, ...] = ()
+    # (reason, message) when the Gateway as a whole is not accepted / programmed.
+    not_accepted: tuple[str, str] | None = None
+    not_programmed: tuple[str, str] | None = None
+
+    @property
+    def key(self) -> Key:
+        return self.gateway.meta.key
+
+    @property
+    def accepted(self) -> bool:
+        return self.not_accepted is None and any(ls.accepted for ls in self.listeners)
+
+    @property
+    def programmed(self) -> bool:
+        return (
+            self.accepted
+            and self.not_programmed is None
+            and any(ls.programmable for ls in self.listeners)
+        )
+
+    def status(self) -> GatewayStatus:
+        gen = self.gateway.meta.generation
+        conds: list[Condition] = []
+        invalid = [ls for ls in self.listeners if not ls.accepted or ls.unresolved is not None]
+        if self.not_accepted is not None:
+            conds.append(Condition(ACCEPTED, False, *self.not_accepted, gen))
+        elif not any(ls.accepted for ls in self.listeners):
+            conds.append(
+                Condition(ACCEPTED, False, R_LISTENERS_NOT_VALID, "No listener is valid", gen)
+            )
+        elif invalid:
+            names = ", ".join(ls.listener.name for ls in invalid)
+            conds.append(
+                Condition(ACCEPTED, True, R_LISTENERS_NOT_VALID, f"Invalid listeners: {names}", gen)
+            )
+        else:
+            conds.append(Condition(ACCEPTED, True, R_ACCEPTED, "Gateway is accepted", gen))
+        programmed = self.programmed
+        if programmed:
+            conds.append(Condition(PROGRAMMED, True, R_PROGRAMMED, "Gateway is programmed", gen))
+        elif not self.accepted:
+            conds.append(Condition(PROGRAMMED, False, R_INVALID, "Gateway is not accepted", gen))
+        elif self.not_programmed is not None:
+            conds.append(Condition(PROGRAMMED, False, *self.not_programmed, gen))
+        else:
+            conds.append(
+                Condition(PROGRAMMED, False, R_INVALID, "No listener can be programmed", gen)
+            )
+        return GatewayStatus(
+            addresses=self.vips if programmed else (),
+            conditions=tuple(conds),
+            listeners=tuple(ls.status(gen, programmed) for ls in self.listeners),
+        )
+
+
+# -- GatewayClass ------------------------------------------------------------------
+
+
+def gateway_class_status(
+    gc: GatewayClass, supported_features: tuple[str, ...]
+) -> tuple[GatewayClassStatus, bool]:
+    """The class's status and whether it is accepted."""
+    gen = gc.meta.generation
+    if gc.parameters_ref is not None:
+        ref = gc.parameters_ref
+        accepted = Condition(
+            ACCEPTED,
+            False,
+            R_INVALID_PARAMETERS,
+            f"parametersRef {ref.kind}.{ref.group or 'core'} {ref.name}: this controller "
+            "takes no parameters of that kind",
+            gen,
+        )
+    else:
+        accepted = Condition(ACCEPTED, True, R_ACCEPTED, "GatewayClass is accepted", gen)
+    version = Condition(
+        SUPPORTED_VERSION,
+        True,
+        R_SUPPORTED_VERSION,
+        f"Gateway API {GATEWAY_API_VERSION} is supported",
+        gen,
+    )
+    return GatewayClassStatus((accepted, version), supported_features), accepted.status
+
+
+# -- Gateway -----------------------------------------------------------------------
+
+
+def _address_problem(gateway: Gateway) -> tuple[str, str] | None:
+    for i, addr in enumerate(gateway.addresses):
+        if addr.type != "IPAddress":
+            return (
+                R_UNSUPPORTED_ADDRESS,
+                f"spec.addresses[{i}]: address type {addr.type!r} is not supported "
+                "(only IPAddress)",
+            )
+        if addr.value is None:
+            continue
+        try:
+            ipaddress.ip_address(addr.value)
+        except ValueError:
+            return (
+                R_UNSUPPORTED_ADDRESS,
+                f"spec.addresses[{i}]: {addr.value[:64]!r} is not an IP address",
+            )
+    return None
+
+
+def _usable_vips(gateway: Gateway) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    vips: list[str] = []
+    for i, addr in enumerate(gateway.addresses):
+        if addr.value is None:
+            return (), (
+                R_ADDRESS_NOT_ASSIGNED,
+                f"spec.addresses[{i}] has no value and no address pool is configured",
+            )
+        ip = ipaddress.ip_address(addr.value)
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or str(ip) == "255.255.255.255":
+            return (), (
+                R_ADDRESS_NOT_USABLE,
+                f"spec.addresses[{i}]: {ip} cannot be used as a virtual IP",
+            )
+        if str(ip) not in vips:
+            vips.append(str(ip))
+    if not vips:
+        return (), (
+            R_ADDRESS_NOT_ASSIGNED,
+            "spec.addresses is empty and no address pool is configured",
+        )
+    return tuple(vips), None
+
+
+def _supported_kinds(ls: ListenerState) -> None:
+    allowed = ROUTE_KINDS_BY_PROTOCOL[(ls.listener.protocol, ls.tls_mode)]
+    requested = ls.listener.allowed_routes.kinds
+    if requested is None:
+        ls.supported_kinds = allowed
+        return
+    valid = tuple(dict.fromkeys(k for k in requested if k in allowed))
+    invalid = [k for k in requested if k not in allowed]
+    ls.supported_kinds = valid
+    if invalid:
+        names = ", ".join(f"{k.kind}.{k.group}" if k.group else k.kind for k in invalid)
+        ls.unresolved = (
+            R_INVALID_ROUTE_KINDS,
+            f"route kinds not supported on a {ls.listener.protocol} listener: {names}",
+        )
+
+
+def _mark_conflicts(listeners: list[ListenerState]) -> None:
+    """Listeners that share a port must be distinct; all indistinct ones lose
+    (the spec forbids picking a winner)."""
+    by_port: dict[tuple[int, str], list[ListenerState]] = {}
+    for ls in listeners:
+        if ls.not_accepted is None:
+            key = (ls.listener.port, transport_of(ls.listener.protocol))
+            by_port.setdefault(key, []).append(ls)
+    for (port, transport), group in by_port.items():
+        if len(group) < 2 or transport == "udp":
+            continue  # two UDP listeners on one port are refused by the CRD already
+        protocols = {ls.listener.protocol for ls in group}
+        tls_modes = {ls.tls_mode for ls in group if ls.listener.protocol == "TLS"}
+        message = ""
+        if "TCP" in protocols:
+            message = f"port {port}: a TCP listener cannot share its port with another listener"
+        elif "HTTP" in protocols and len(protocols) > 1:
+            message = f"port {port}: HTTP cannot share its port with HTTPS or TLS listeners"
+        elif len(tls_modes) > 1:
+            message = (
+                f"port {port}: TLS listeners in Terminate and Passthrough mode cannot share a port"
+            )
+        if message:
+            for ls in group:
+                ls.conflict = (R_PROTOCOL_CONFLICT, message)
+            continue
+        by_hostname: dict[str | None, list[ListenerState]] = {}
+        for ls in group:
+            by_hostname.setdefault(ls.listener.hostname, []).append(ls)
+        for hostname, same in by_hostname.items():
+            if len(same) > 1:
+                shown = hostname or "(no hostname)"
+                for ls in same:
+                    ls.conflict = (
+                        R_HOSTNAME_CONFLICT,
+                        f"port {port}: listeners {', '.join(s.listener.name for s in same)} "
+                        f"share hostname {shown}",
+                    )
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*([A-Za-z0-9+/=\s]+?)-----END \1-----")
+
+
+def _pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
+    out = []
+    for match in _PEM_BLOCK.finditer(data):
+        try:
+            der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
+        except (binascii.Error, ValueError):
+            return []
+        # Every certificate and key in DER is an ASN.1 SEQUENCE.
+        if not der or der[0] != 0x30:
+            return []
+        out.append((match.group(1).decode(), der))
+    return out
+
+
+def check_key_pair(cert: bytes | None, key: bytes | None) -> str | None:
+    """Why a tls.crt / tls.key pair is unusable, or None when it looks right.
+
+    A structural check (PEM armour, base64, ASN.1 framing); the proxy's own
+    configuration check is the final word on the key matching the certificate.
+    """
+    if not cert or not key:
+        return "must hold tls.crt and tls.key"
+    certs = [b for b in _pem_blocks(cert) if b[0] == "CERTIFICATE"]
+    keys = [b for b in _pem_blocks(key) if b[0].endswith("PRIVATE KEY")]
+    if not certs:
+        return "tls.crt holds no PEM certificate"
+    if len(keys) != 1:
+        return "tls.key must hold exactly one PEM private key"
+    return None
+
+
+def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
+    assert ls.listener.tls is not None
+    gateway_ns = ls.gateway.namespace
+    problems: list[tuple[str, str]] = []
+    for i, ref in enumerate(ls.listener.tls.certificate_refs):
+        where = f"tls.certificateRefs[{i}]"
+        namespace = ref.namespace or gateway_ns
+        if ref.group != CORE_GROUP or ref.kind != "Secret":
+            problems.append(
+                (R_INVALID_CERTIFICATE_REF, f"{where}: unsupported kind {ref.kind}.{ref.group}")
+            )
+            continue
+        if not reference_permitted(
+            index,
+            from_group=GATEWAY_GROUP,
+            from_kind="Gateway",
+            from_namespace=gateway_ns,
+            to_group=CORE_GROUP,
+            to_kind="Secret",
+            to_namespace=namespace,
+            to_name=ref.name,
+        ):
+            problems.append(
+                (
+                    R_REF_NOT_PERMITTED,
+                    f"{where}: Secret {namespace}/{ref.name} is in another namespace and no "
+                    "ReferenceGrant allows it",
+                )
+            )
+            continue
+        secret = index.secrets.get(Key(namespace, ref.name))
+        if secret is None:
+            problems.append(
+                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} not found")
+            )
+            continue
+        cert, key = secret.get("tls.crt"), secret.get("tls.key")
+        problem = check_key_pair(cert, key)
+        if problem is not None:
+            problems.append(
+                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} {problem}")
+            )
+            continue
+        assert cert is not None and key is not None
+        ls.certificates.append(TLSCertificate(f"{namespace}/{ref.name}", cert, key))
+    if problems:
+        ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems))
+
+
+def evaluate_gateway(gateway: Gateway, class_accepted: bool, index: SnapshotIndex) -> GatewayState:
+    state = GatewayState(
+        gateway=gateway,
+        listeners=[
+            ListenerState(listener=lst, gateway=gateway.meta.key) for lst in gateway.listeners
+        ],
+    )
+    for ls in state.listeners:
+        protocol = ls.listener.protocol
+        if (protocol, ls.tls_mode) not in ROUTE_KINDS_BY_PROTOCOL:
+            if protocol in L7_PROTOCOLS:
+                ls.not_accepted = (R_UNSUPPORTED_PROTOCOL, f"unsupported TLS mode for {protocol}")
+            else:
+                ls.not_accepted = (
+                    R_UNSUPPORTED_PROTOCOL,
+                    f"protocol {protocol!r} is not supported "
+                    "(supported: HTTP, HTTPS, TLS, TCP, UDP)",
+                )
+            continue
+        _supported_kinds(ls)
+        if ls.needs_certificates:
+            _resolve_certificates(ls, index)
+    _mark_conflicts(state.listeners)
+
+    if not class_accepted:
+        state.not_accepted = (
+            R_INVALID,
+            f"GatewayClass {gateway.class_name} is not accepted",
+        )
+    elif gateway.infrastructure_parameters_ref is not None:
+        ref = gateway.infrastructure_parameters_ref
+        state.not_accepted = (
+            R_INVALID_PARAMETERS,
+            f"spec.infrastructure.parametersRef: {ref.kind}.{ref.group} is not supported",
+        )
+    else:
+        state.not_accepted = _address_problem(gateway)
+    if state.not_accepted is None:
+        state.vips, state.not_programmed = _usable_vips(gateway)
+    return state
+
+
+def claim_ports(states: list[GatewayState]) -> None:
+    """Two Gateways cannot serve the same VIP, transport and port: the older one
+    keeps it, the newer one's listener reads PortUnavailable."""
+    owners: dict[tuple[str, str, int], tuple[Key, str]] = {}
+    for state in sorted(states, key=lambda s: age_order(s.gateway.meta)):
+        if not state.accepted or not state.vips:
+            continue
+        for ls in state.listeners:
+            if not ls.accepted:
+                continue
+            transport = transport_of(ls.listener.protocol)
+            keys = [(vip, transport, ls.listener.port) for vip in state.vips]
+            taken = next((owners[k] for k in keys if k in owners), None)
+            if taken is not None and taken[0] != state.key:
+                ls.not_accepted = (
+                    R_PORT_UNAVAILABLE,
+                    f"{transport.upper()} port {ls.listener.port} is already used on this address "
+                    f"by Gateway {taken[0]} listener {taken[1]}",
+                )
+                continue
+            for k in keys:
+                owners.setdefault(k, (state.key, ls.listener.name))

@@ -1,0 +1,34 @@
+"""ReferenceGrant: may an object in one namespace refer to one in another?"""
+
+from __future__ import annotations
+
+from agent.translate.index import SnapshotIndex
+
+
+def reference_permitted(
+    index: SnapshotIndex,
+    *,
+    from_group: str,
+    from_kind: str,
+    from_namespace: str,
+    to_group: str,
+    to_kind: str,
+    to_namespace: str,
+    to_name: str,
+) -> bool:
+    """Same-namespace references are always allowed; others need a ReferenceGrant
+    in the target namespace that names both sides."""
+    if from_namespace == to_namespace:
+        return True
+    for grant in index.grants.get(to_namespace, ()):
+        if not any(
+            f.group == from_group and f.kind == from_kind and f.namespace == from_namespace
+            for f in grant.from_
+        ):
+            continue
+        if any(
+            t.group == to_group and t.kind == to_kind and (t.name is None or t.name == to_name)
+            for t in grant.to
+        ):
+            return True
+    return False

@@ -1,0 +1,205 @@
+"""The StatusReport: Gateway API status, as the spec defines it, as plain data.
+
+Conditions carry no lastTransitionTime: translate has no clock.  The status
+writers stamp it, keeping the previous time when a condition did not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.model.meta import GATEWAY_GROUP
+
+# Condition types
+ACCEPTED = "Accepted"
+PROGRAMMED = "Programmed"
+RESOLVED_REFS = "ResolvedRefs"
+CONFLICTED = "Conflicted"
+SUPPORTED_VERSION = "SupportedVersion"
+PARTIALLY_INVALID = "PartiallyInvalid"
+
+# Reasons (apis/v1 gateway_types.go, gatewayclass_types.go, shared_types.go)
+R_ACCEPTED = "Accepted"
+R_PROGRAMMED = "Programmed"
+R_RESOLVED_REFS = "ResolvedRefs"
+R_NO_CONFLICTS = "NoConflicts"
+R_SUPPORTED_VERSION = "SupportedVersion"
+R_INVALID = "Invalid"
+R_INVALID_PARAMETERS = "InvalidParameters"
+R_PENDING = "Pending"
+R_UNSUPPORTED_ADDRESS = "UnsupportedAddress"
+R_ADDRESS_NOT_ASSIGNED = "AddressNotAssigned"
+R_ADDRESS_NOT_USABLE = "AddressNotUsable"
+R_LISTENERS_NOT_VALID = "ListenersNotValid"
+R_PORT_UNAVAILABLE = "PortUnavailable"
+R_UNSUPPORTED_PROTOCOL = "UnsupportedProtocol"
+R_PROTOCOL_CONFLICT = "ProtocolConflict"
+R_HOSTNAME_CONFLICT = "HostnameConflict"
+R_INVALID_ROUTE_KINDS = "InvalidRouteKinds"
+R_INVALID_CERTIFICATE_REF = "InvalidCertificateRef"
+R_REF_NOT_PERMITTED = "RefNotPermitted"
+R_NOT_ALLOWED_BY_LISTENERS = "NotAllowedByListeners"
+R_NO_MATCHING_LISTENER_HOSTNAME = "NoMatchingListenerHostname"
+R_NO_MATCHING_PARENT = "NoMatchingParent"
+R_UNSUPPORTED_VALUE = "UnsupportedValue"
+R_BACKEND_NOT_FOUND = "BackendNotFound"
+R_INVALID_KIND = "InvalidKind"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+    observed_generation: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": "True" if self.status else "False",
+            "reason": self.reason,
+            "message": self.message,
+            "observedGeneration": self.observed_generation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerStatus:
+    name: str
+    supported_kinds: tuple[tuple[str, str], ...]  # (group, kind)
+    attached_routes: int
+    conditions: tuple[Condition, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "supportedKinds": [{"group": g, "kind": k} for g, k in self.supported_kinds],
+            "attachedRoutes": self.attached_routes,
+            "conditions": [c.to_dict() for c in self.conditions],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayClassStatus:
+    conditions: tuple[Condition, ...]
+    supported_features: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"conditions": [c.to_dict() for c in self.conditions]}
+        if self.supported_features:
+            out["supportedFeatures"] = [{"name": f} for f in self.supported_features]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    addresses: tuple[str, ...]
+    conditions: tuple[Condition, ...]
+    listeners: tuple[ListenerStatus, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "addresses": [{"type": "IPAddress", "value": a} for a in self.addresses],
+            "conditions": [c.to_dict() for c in self.conditions],
+            "listeners": [listener.to_dict() for listener in self.listeners],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRefStatus:
+    """The parentRef as the route wrote it, with group and kind made explicit."""
+
+    group: str
+    kind: str
+    namespace: str | None
+    name: str
+    section_name: str | None
+    port: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"group": self.group, "kind": self.kind}
+        if self.namespace is not None:
+            out["namespace"] = self.namespace
+        out["name"] = self.name
+        if self.section_name is not None:
+            out["sectionName"] = self.section_name
+        if self.port is not None:
+            out["port"] = self.port
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteParentStatus:
+    parent_ref: ParentRefStatus
+    controller_name: str
+    conditions: tuple[Condition, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parentRef": self.parent_ref.to_dict(),
+            "controllerName": self.controller_name,
+            "conditions": [c.to_dict() for c in self.conditions],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStatus:
+    parents: tuple[RouteParentStatus, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parents": [p.to_dict() for p in self.parents]}
+
+
+Status = GatewayClassStatus | GatewayStatus | RouteStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStatus:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    status: Status
+
+    @property
+    def sort_key(self) -> tuple[int, str, str, str]:
+        return (_KIND_ORDER.get(self.kind, 99), self.kind, self.namespace, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": self.name, "generation": self.generation}
+        if self.namespace:
+            metadata = {"namespace": self.namespace, **metadata}
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": metadata,
+            "status": self.status.to_dict(),
+        }
+
+
+_KIND_ORDER = {"GatewayClass": 0, "Gateway": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    objects: tuple[ObjectStatus, ...]
+
+    def find(self, kind: str, namespace: str, name: str) -> ObjectStatus | None:
+        for obj in self.objects:
+            if obj.kind == kind and obj.namespace == namespace and obj.name == name:
+                return obj
+        return None
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [o.to_dict() for o in self.objects]
+
+
+def default_api_version(kind: str) -> str:
+    return f"{GATEWAY_GROUP}/v1"
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Condition:
+    return Condition(type_, ok, reason, message, generation)
