@@ -6,35 +6,26 @@ to the module that owns the work.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
-import yaml
 
 from agent import __version__
-from agent.model.snapshot import Snapshot
-from agent.sources.files import ManifestError, load_directory
-from agent.translate import DEFAULT_CONTROLLER_NAME, Translation, translate
+from agent.daemon import Agent, SyncSettings
+from agent.dataplane.base import FrontendCounters
+from agent.dataplane.select import MODES, DataplaneUnavailable, available_modes, open_dataplane
+from agent.logs import setup_logging
+from agent.metrics import AgentMetrics, HealthServer
+from agent.output import dump, translation_document
+from agent.sources.files import FileSource, ManifestError, load_directory
+from agent.translate import DEFAULT_CONTROLLER_NAME, translate
 
-
-def translation_document(snapshot: Snapshot, result: Translation) -> dict[str, Any]:
-    """The document `translate` prints and `run --status-file` writes."""
-    doc: dict[str, Any] = {
-        "objects": result.status.to_list(),
-        "desired": result.desired.to_dict(),
-    }
-    if snapshot.problems:
-        doc["problems"] = [str(p) for p in snapshot.problems]
-    return doc
-
-
-def dump(doc: dict[str, Any], output: str) -> str:
-    if output == "yaml":
-        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+log = logging.getLogger("gatewaylb")
 
 
 @click.group(
@@ -73,3 +64,165 @@ def translate_command(manifests: Path, output: str, controller_name: str) -> Non
 def version_command() -> None:
     """Version and the dataplane modes this kernel supports."""
     click.echo(f"gatewaylb {__version__}")
+    for mode, state in available_modes().items():
+        click.echo(f"dataplane {mode}: {state}")
+
+
+def _default_node_name() -> str:
+    return socket.gethostname()
+
+
+@main.command("run")
+@click.option(
+    "--manifests", type=click.Path(path_type=Path), help="Standalone: a watched manifest directory."
+)
+@click.option(
+    "--kubeconfig", type=click.Path(path_type=Path), help="Kubernetes source: kubeconfig file."
+)
+@click.option("--in-cluster", is_flag=True, help="Kubernetes source: the pod's service account.")
+@click.option("--node-name", default=_default_node_name, help="This node's name.")
+@click.option("--dataplane", type=click.Choice(MODES), default="auto", show_default=True)
+@click.option(
+    "--interface", "interfaces", multiple=True, help="Where VIP traffic arrives (repeatable)."
+)
+@click.option("--metrics-address", default="0.0.0.0:9469", show_default=True)
+@click.option(
+    "--status-file",
+    type=click.Path(path_type=Path),
+    help="Standalone: status JSON written after each sync.",
+)
+@click.option("--controller-name", default=DEFAULT_CONTROLLER_NAME, show_default=True)
+@click.option(
+    "--announce", type=click.Choice(["none", "l2", "bgp"]), default="none", show_default=True
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
+)
+def run_command(
+    manifests: Path | None,
+    kubeconfig: Path | None,
+    in_cluster: bool,
+    node_name: str,
+    dataplane: str,
+    interfaces: tuple[str, ...],
+    metrics_address: str,
+    status_file: Path | None,
+    controller_name: str,
+    announce: str,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Run the agent until SIGTERM/SIGINT; the kernel state stays in place on exit."""
+    setup_logging(log_format, log_level)
+    if manifests is None:
+        raise click.UsageError(
+            "--manifests is required: the Kubernetes source (--kubeconfig/--in-cluster) "
+            "is not available in this version"
+        )
+    if announce != "none":
+        raise click.UsageError(f"--announce {announce} is not available in this version")
+    if not manifests.is_dir():
+        raise click.UsageError(f"--manifests {manifests}: not a directory")
+    try:
+        plane = open_dataplane(dataplane, interfaces)
+    except DataplaneUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    metrics = AgentMetrics(version=__version__, dataplane=plane.name, node=node_name)
+    source = FileSource(manifests)
+    agent = Agent(
+        source=source,
+        dataplane=plane,
+        metrics=metrics,
+        settings=SyncSettings(controller_name=controller_name, status_file=status_file),
+    )
+    server = HealthServer(metrics_address, metrics, lambda: agent.ready)
+    server.start()
+    log.info(
+        "event=start version=%s node=%s dataplane=%s source=%s metrics=%s",
+        __version__,
+        node_name,
+        plane.name,
+        manifests,
+        metrics_address,
+    )
+    try:
+        asyncio.run(agent.run())
+    finally:
+        server.stop()
+        source.close()
+
+
+@main.command("cleanup")
+@click.option(
+    "--lab", is_flag=True, help="Also remove network namespaces left by labs (demo, tests)."
+)
+def cleanup_command(lab: bool) -> None:
+    """Remove everything the agent put in the kernel. Safe to run twice."""
+    from agent.dataplane.nftables import NftablesDataplane
+
+    NftablesDataplane().cleanup()
+    click.echo("removed: nftables table inet gatewaylb (if it existed)")
+    if lab:
+        from agent.lab.netns import cleanup_leftovers
+
+        removed = cleanup_leftovers()
+        click.echo(f"removed lab namespaces: {', '.join(removed) or 'none'}")
+
+
+@main.command("status")
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--metrics-address", default=None, help="Unused for reading; kept for compatibility.")
+def status_command(output: str, metrics_address: str | None) -> None:
+    """What the kernel holds now: VIP, protocol, port, backends, counters."""
+    from agent.dataplane.nftables import NftablesDataplane
+
+    plane = NftablesDataplane()
+    programmed = plane.programmed()
+    counters = {(c.vip, c.protocol, c.port): c for c in plane.read_counters()}
+    empty = FrontendCounters("", "", 0, 0, 0)
+    if output == "json":
+        rows = []
+        for fe in programmed:
+            c = counters.get((fe.vip, fe.protocol, fe.port), empty)
+            backends = [
+                {
+                    "ip": ip,
+                    "port": port,
+                    "weight": weight,
+                    "connections": c.backend_connections.get((ip, port), 0),
+                }
+                for ip, port, weight in fe.backends
+            ]
+            rows.append(
+                {
+                    "vip": fe.vip,
+                    "protocol": fe.protocol,
+                    "port": fe.port,
+                    "backends": backends,
+                    "reject_weight": fe.reject_weight,
+                    "packets": c.packets,
+                    "bytes": c.bytes,
+                }
+            )
+        click.echo(json.dumps({"dataplane": plane.name, "frontends": rows}, indent=2))
+        return
+    click.echo(f"dataplane: {plane.name}   frontends: {len(programmed)}")
+    click.echo(f"{'VIP':<40} {'PROTO':<5} {'PORT':>5} {'PACKETS':>10} {'BYTES':>12}  BACKENDS")
+    for fe in programmed:
+        c = counters.get((fe.vip, fe.protocol, fe.port), empty)
+        shown = ", ".join(
+            f"{ip}:{port} w={weight} conns={c.backend_connections.get((ip, port), 0)}"
+            for ip, port, weight in fe.backends
+        )
+        shown = shown or "(none: refuses connections)"
+        if fe.reject_weight:
+            shown += f", refused share w={fe.reject_weight}"
+        click.echo(
+            f"{fe.vip:<40} {fe.protocol:<5} {fe.port:>5} {c.packets:>10} {c.bytes:>12}  {shown}"
+        )

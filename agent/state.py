@@ -18,6 +18,7 @@ by `gatewaylb translate -o json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from agent.model.routes import RouteFilter, Timeouts
 
 TCP = "tcp"
 UDP = "udp"
+_SCALARS = frozenset({str, int, bool, float})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -173,18 +175,24 @@ class DesiredState:
         }
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _plain(value: Any) -> Any:
     """A dataclass tree as JSON-ready data; secrets are shown by fingerprint only."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if item is None:
-                continue
-            out[f.name] = _plain(item)
-        return out
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for name in _field_names(type(value)):
+            item = getattr(value, name)
+            if item is not None:
+                out[name] = _plain(item)
+        return out
     if isinstance(value, bytes):
         return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
     return value

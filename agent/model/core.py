@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from agent.model.fields import DNS1123_LABEL, FieldError, Fields
@@ -119,6 +120,16 @@ def parse_service(doc: Fields, meta: ObjectMeta) -> Service:
 
 
 def _check_address(address: str, address_type: str, path: str) -> str:
+    if address_type == "IPv4":
+        # Fast path for the common case: a canonical dotted quad round-trips.
+        try:
+            if (
+                socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, address))
+                == address
+            ):
+                return address
+        except OSError:
+            pass
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -131,7 +142,8 @@ def _check_address(address: str, address_type: str, path: str) -> str:
 def parse_endpoint_slice(doc: Fields, meta: ObjectMeta) -> EndpointSlice:
     address_type = doc.string("addressType", enum=("IPv4", "IPv6", "FQDN"))
     endpoints = []
-    for e in doc.items("endpoints"):
+    # Kubernetes' own limits: 1000 endpoints and 100 ports per slice.
+    for e in doc.items("endpoints", max_items=1000):
         addresses = e.strings("addresses", min_items=1, max_items=100, max_len=253)
         if address_type != "FQDN":
             at = e.at("addresses")
@@ -157,7 +169,7 @@ def parse_endpoint_slice(doc: Fields, meta: ObjectMeta) -> EndpointSlice:
             port=p.opt_integer("port", minimum=1, maximum=65535),
             app_protocol=p.opt_string("appProtocol", max_len=253),
         )
-        for p in doc.items("ports")
+        for p in doc.items("ports", max_items=100)
     )
     service_name = dict(meta.labels).get(SERVICE_NAME_LABEL)
     if service_name is not None and not DNS1123_LABEL.fullmatch(service_name):

@@ -67,7 +67,8 @@ class Fields:
     __slots__ = ("_data", "path")
 
     def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, Mapping):
+        # type() first: isinstance against an ABC is slow and this runs per field.
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise FieldError(path or "<root>", f"must be an object, got {type_name(data)}")
         self._data: Mapping[object, object] = data
         self.path = path
@@ -191,7 +192,9 @@ class Fields:
             if min_items > 0:
                 raise self.error(key, "required value is missing")
             return []
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        if type(value) is not list and (
+            isinstance(value, str | bytes) or not isinstance(value, Sequence)
+        ):
             raise self.error(key, f"must be an array, got {type_name(value)}")
         if len(value) < min_items:
             raise self.error(key, f"must have at least {min_items} item(s), got {len(value)}")

@@ -242,7 +242,9 @@ def _listener(f: Fields) -> Listener:
     tls = _listener_tls(tls_fields) if tls_fields is not None else None
     if protocol == "HTTPS" and tls is not None and tls.mode != "Terminate":
         raise f.error("tls.mode", "must be Terminate for protocol HTTPS")
-    if protocol == "TLS" and (tls_fields is None or not tls_fields.has("mode")):
+    # The CRD defaults tls.mode to Terminate before its CEL rule "tls mode must
+    # be set for protocol TLS" runs, so only a missing tls block breaks it.
+    if protocol == "TLS" and tls_fields is None:
         raise f.error("tls.mode", "must be set for protocol TLS")
     return Listener(
         name=f.string("name", max_len=253, min_len=1, pattern=DNS1123_SUBDOMAIN),

@@ -22,7 +22,9 @@ from agent.model.fields import (
 )
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, ObjectMeta
 
-HEADER_VALUE = re.compile(r"^[!-~]+([\t ]?[!-~]+)*$")
+# Same language as the CRD's ^[!-~]+([\t ]?[!-~]+)*$, without its nested
+# repetition (exponential backtracking on a trailing newline).
+HEADER_VALUE = re.compile(r"^[!-~]+(?:[\t ][!-~]+)*$")
 PATH_CHARS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$")
 PLAIN_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
@@ -472,7 +474,7 @@ def check_regex(value: str, path: str) -> None:
         raise FieldError(path, "a regular expression must not contain line breaks or NUL")
     try:
         re.compile(value)
-    except re.error as exc:
+    except (re.error, ValueError, OverflowError, RecursionError) as exc:
         raise FieldError(path, f"invalid regular expression: {exc}") from None
 
 

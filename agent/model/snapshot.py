@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.gcpause import gc_paused
 from agent.model.core import (
     EndpointSlice,
     Namespace,
@@ -77,6 +78,7 @@ class InvalidObject:
     error: str
     # Read best-effort from the malformed spec, so the right status can be given.
     gateway_class: str | None = None
+    controller_name: str | None = None
     parent_refs: tuple[ParentReference, ...] = ()
 
 
@@ -177,14 +179,22 @@ def parse_object(doc: object, source: str = "") -> Parsed | LoadProblem | None:
 def _invalid(kind: str, meta: ObjectMeta, doc: dict[str, Any], error: str) -> InvalidObject:
     spec = doc.get("spec")
     gateway_class = None
+    controller_name = None
     parent_refs: tuple[ParentReference, ...] = ()
     if isinstance(spec, dict):
+        if kind == "GatewayClass" and isinstance(spec.get("controllerName"), str):
+            controller_name = spec["controllerName"]
         if kind == "Gateway" and isinstance(spec.get("gatewayClassName"), str):
             gateway_class = spec["gatewayClassName"]
         if kind in ROUTE_KINDS:
             parent_refs = _best_effort_parent_refs(spec)
     return InvalidObject(
-        kind=kind, meta=meta, error=error, gateway_class=gateway_class, parent_refs=parent_refs
+        kind=kind,
+        meta=meta,
+        error=error,
+        gateway_class=gateway_class,
+        controller_name=controller_name,
+        parent_refs=parent_refs,
     )
 
 
@@ -255,6 +265,7 @@ class SnapshotBuilder:
 
 
 def build_snapshot(docs: Iterable[tuple[object, str]]) -> Snapshot:
-    builder = SnapshotBuilder()
-    builder.add_documents(docs)
-    return builder.build()
+    with gc_paused():
+        builder = SnapshotBuilder()
+        builder.add_documents(docs)
+        return builder.build()

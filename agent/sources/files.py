@@ -11,6 +11,7 @@ Knows nothing of the kernel or of Gateway API semantics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from agent.model.snapshot import Snapshot, SnapshotBuilder
+from agent.sources.inotify import DirectoryWatcher
 
 SUFFIXES = (".yaml", ".yml", ".json")
 # A manifest bigger than this is a mistake (or an attack), not configuration.
@@ -168,3 +170,40 @@ class ManifestDirectory:
         for path in sorted(self._files):
             builder.add_documents(self._files[path].docs)
         return builder.build()
+
+
+class FileSource:
+    """The manifest directory as an agent Source, woken by inotify."""
+
+    name = "files"
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = ManifestDirectory(directory)
+        self._watcher = DirectoryWatcher(directory)
+        self._last_errors: list[str] = []
+
+    def snapshot(self) -> Snapshot:
+        snapshot = self._directory.scan()
+        self._last_errors = [str(e) for e in self._directory.errors] + [
+            str(p) for p in snapshot.problems
+        ]
+        return snapshot
+
+    def errors(self) -> list[str]:
+        return list(self._last_errors)
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(self._watcher.fd, ready.set)
+        try:
+            await asyncio.wait_for(ready.wait(), timeout)
+        except TimeoutError:
+            self._watcher.rewatch_if_lost()
+            return False
+        finally:
+            loop.remove_reader(self._watcher.fd)
+        return self._watcher.drain()
+
+    def close(self) -> None:
+        self._watcher.close()

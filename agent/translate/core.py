@@ -9,9 +9,11 @@ desired state built from what is accepted and programmable.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from agent.gcpause import gc_paused
 from agent.model.meta import Key, ObjectMeta, age_order
 from agent.model.routes import (
     GRPC_ROUTE,
@@ -55,6 +57,8 @@ from agent.translate.gateways import (
     claim_ports,
     evaluate_gateway,
     gateway_class_status,
+    invalid_class_status,
+    invalid_gateway_state,
 )
 from agent.translate.index import SnapshotIndex
 from agent.translate.l7 import PendingEntry, route_entries, virtual_hosts
@@ -100,6 +104,11 @@ class RouteResult:
 
 
 def translate(snapshot: Snapshot, controller_name: str = DEFAULT_CONTROLLER_NAME) -> Translation:
+    with gc_paused():
+        return _translate(snapshot, controller_name)
+
+
+def _translate(snapshot: Snapshot, controller_name: str) -> Translation:
     index = SnapshotIndex.build(snapshot)
     statuses: list[ObjectStatus] = []
 
@@ -110,18 +119,29 @@ def translate(snapshot: Snapshot, controller_name: str = DEFAULT_CONTROLLER_NAME
         class_status, ok = gateway_class_status(gc, SUPPORTED_FEATURES)
         classes[gc.meta.name] = ok
         statuses.append(_object_status("GatewayClass", gc.meta, class_status))
+    for inv in snapshot.invalid:
+        if inv.kind == "GatewayClass" and inv.controller_name == controller_name:
+            classes[inv.meta.name] = False
+            statuses.append(_object_status("GatewayClass", inv.meta, invalid_class_status(inv)))
 
     gateways: dict[Key, GatewayState] = {}
     for gw in snapshot.gateways:
         if gw.class_name in classes:
             gateways[gw.meta.key] = evaluate_gateway(gw, classes[gw.class_name], index)
     claim_ports(list(gateways.values()))
+    for state in gateways.values():
+        state.settle()
+    # Malformed Gateways of ours: routes naming them are told so (NoMatchingParent).
+    parents = dict(gateways)
+    for inv in snapshot.invalid:
+        if inv.kind == "Gateway" and inv.gateway_class in classes:
+            parents.setdefault(inv.meta.key, invalid_gateway_state(inv))
 
     resolver = BackendResolver(index)
     results: list[RouteResult] = []
     routes: list[Route] = [*snapshot.http_routes, *snapshot.grpc_routes, *snapshot.l4_routes]
     for route in routes:
-        result = _evaluate_route(route, gateways, index, resolver)
+        result = _evaluate_route(route, parents, index, resolver)
         if result.verdicts:
             results.append(result)
             statuses.append(
@@ -129,7 +149,7 @@ def translate(snapshot: Snapshot, controller_name: str = DEFAULT_CONTROLLER_NAME
             )
 
     for inv in snapshot.invalid:
-        status = _invalid_status(inv, classes, gateways, controller_name)
+        status = _invalid_status(inv, classes, parents, controller_name)
         if status is not None:
             statuses.append(status)
 
@@ -208,8 +228,9 @@ def _evaluate_route(
         result.rules[0] = refs
 
     if result.servable:
+        # A route counts once per listener, however many parentRefs select it.
+        seen: set[int] = set()
         for verdict in verdicts:
-            seen: set[int] = set()
             for att in verdict.attachments:
                 if id(att.listener) not in seen:
                     seen.add(id(att.listener))
@@ -348,6 +369,7 @@ def _desired_state(gateways: dict[Key, GatewayState], results: list[RouteResult]
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip_sort_key(ip: str) -> tuple[int, int]:
     addr = ipaddress.ip_address(ip)
     return (addr.version, int(addr))
@@ -367,7 +389,7 @@ def _l4_frontends(
     )
     out = []
     for vip in state.vips:
-        family = ipaddress.ip_address(vip).version
+        family = 6 if ":" in vip else 4
         refs = winner.rules.get(0, []) if winner else []
         backends, reject = l4_backends(refs, family)
         out.append(L4Frontend(vip, protocol, ls.listener.port, backends, reject, source))

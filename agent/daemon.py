@@ -1,0 +1,226 @@
+"""The agent's main loop: source -> translate -> reconcilers -> status, metrics.
+
+One asyncio loop.  A watcher task marks the state dirty when the source may
+have changed; the sync task debounces bursts, translates, and hands the desired
+state to each reconciler in a worker thread (their kernel calls block).  A
+failed sync is retried with exponential back-off; it never stops the loop.
+Exiting (SIGTERM/SIGINT) leaves the kernel as it is, so traffic keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.dataplane.base import Dataplane, ReconcileResult
+from agent.metrics import AgentMetrics, LabelledCounters
+from agent.output import dump, translation_document
+from agent.sources.base import Source
+from agent.state import DesiredState
+from agent.translate import translate
+
+log = logging.getLogger("gatewaylb.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    controller_name: str
+    status_file: Path | None = None
+    debounce: float = 0.05
+    max_debounce: float = 0.5
+    rescan_interval: float = 10.0
+    max_backoff: float = 30.0
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        dataplane: Dataplane,
+        metrics: AgentMetrics,
+        settings: SyncSettings,
+    ) -> None:
+        self._source = source
+        self._dataplane = dataplane
+        self._metrics = metrics
+        self._settings = settings
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._kernel_lock = threading.Lock()
+        self._desired = DesiredState()
+        self._last_status_doc: str | None = None
+        self.ready = False
+        self.syncs = 0
+        metrics.add_kernel_counters(self._labelled_counters)
+
+    # -- kernel counters for /metrics --------------------------------------------
+
+    def _labelled_counters(self) -> Iterable[LabelledCounters]:
+        with self._kernel_lock:
+            counters = self._dataplane.read_counters()
+            desired = self._desired
+        sources = {f.key: f.source for f in desired.l4}
+        out = []
+        for c in counters:
+            src = sources.get((c.vip, c.protocol, c.port))
+            labels = (
+                src.namespace if src else "",
+                src.gateway if src else "",
+                src.listener if src else "",
+                c.vip,
+                c.protocol,
+                str(c.port),
+            )
+            out.append(LabelledCounters(labels, c))
+        return out
+
+    # -- loop ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Fails outside the main thread (tests); stop() still works there.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self._dirty.set()
+        async with asyncio.TaskGroup() as tg:
+            watch = tg.create_task(self._watch())
+            await self._sync_loop()
+            watch.cancel()
+        log.info("event=stopped kernel_state=kept")
+
+    async def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                changed = await self._source.wait_for_change(self._settings.rescan_interval)
+            except Exception:
+                log.exception("event=watch_failed source=%s", self._source.name)
+                await asyncio.sleep(1.0)
+                changed = True
+            # A timeout (changed is False) is the periodic rescan: the safety
+            # net under inotify.  An unchanged state costs a translate and no
+            # kernel write.
+            if changed or not self._stop.is_set():
+                self._dirty.set()
+
+    async def _debounce(self) -> None:
+        """Let a burst of writes settle: wait until quiet, but not forever."""
+        deadline = time.monotonic() + self._settings.max_debounce
+        while time.monotonic() < deadline:
+            self._dirty.clear()
+            try:
+                await asyncio.wait_for(self._dirty.wait(), self._settings.debounce)
+            except TimeoutError:
+                return
+            if self._stop.is_set():
+                return
+
+    async def _sync_loop(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            if backoff:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                    return
+                except TimeoutError:
+                    pass
+            else:
+                await self._dirty.wait()
+                if self._stop.is_set():
+                    return
+                await self._debounce()
+                if self._stop.is_set():
+                    return
+            ok = await self.sync_once()
+            backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
+
+    async def sync_once(self) -> bool:
+        started = time.monotonic()
+        snapshot = self._source.snapshot()
+        errors = self._source.errors()
+        for message in errors:
+            log.warning("event=source_problem %s", message)
+        self._metrics.manifest_errors.set(len(errors))
+        result = translate(snapshot, self._settings.controller_name)
+        desired = result.desired
+        name = self._dataplane.name
+        t0 = time.monotonic()
+        try:
+            outcome = await asyncio.to_thread(self._reconcile, desired)
+        except Exception:
+            self._metrics.sync_errors.labels(name).inc()
+            log.exception("event=reconcile_failed reconciler=%s", name)
+            return False
+        finally:
+            self._metrics.sync_duration.labels(name).observe(time.monotonic() - t0)
+        for (vip, proto, port), message in sorted(outcome.errors.items()):
+            log.error(
+                "event=frontend_failed vip=%s protocol=%s port=%s error=%r",
+                vip,
+                proto,
+                port,
+                message,
+            )
+        if outcome.errors:
+            self._metrics.sync_errors.labels(name).inc()
+        self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
+        self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
+        self._write_status(translation_document(snapshot, result))
+        self._metrics.last_sync.set(time.time())
+        self.syncs += 1
+        if not self.ready:
+            log.info("event=ready frontends=%d", len(desired.l4))
+        self.ready = True
+        log.info(
+            "event=synced frontends=%d changed=%d errors=%d took_ms=%.1f",
+            len(desired.l4),
+            outcome.changed,
+            len(outcome.errors),
+            (time.monotonic() - started) * 1000,
+        )
+        return not outcome.errors
+
+    def _reconcile(self, desired: DesiredState) -> ReconcileResult:
+        with self._kernel_lock:
+            outcome = self._dataplane.reconcile(desired)
+            self._desired = desired
+        return outcome
+
+    def _write_status(self, doc: dict[str, object]) -> None:
+        path = self._settings.status_file
+        if path is None:
+            return
+        text = dump(doc, "json")
+        if text == self._last_status_doc:
+            return
+        write_atomically(path, text)
+        self._last_status_doc = text
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,183 @@
+"""Network namespace primitives for the lab: create, delete, run code inside.
+
+Owns only namespaces whose names carry this run's prefix (`glb-<6 hex>-`) and the
+processes it started in them.  It never touches the host's namespace: every
+link is created inside a lab namespace (`ip -n NS ...`), every command is an
+argument list (no shell), and nothing here reads or writes the host ruleset.
+
+Why a thread per namespace: setns(2) switches only the calling thread, and
+libnftables and netlink sockets work in the namespace of the thread that opens
+them, so code that must run "in the node" runs in a worker thread parked there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+NETNS_DIR = Path("/run/netns")
+# One file per live run: `<run id>.pid` holds the creator's pid, so that
+# cleanup_leftovers removes only namespaces whose creator is gone (labs of
+# concurrent runs are left alone).
+RUN_DIR = Path("/run/gatewaylb-lab")
+CLONE_NEWNET = 0x40000000
+IP = "/usr/sbin/ip" if Path("/usr/sbin/ip").exists() else "ip"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def new_prefix() -> str:
+    """`glb-<6 hex>-`: unique per run, short enough to leave room for a role."""
+    return f"glb-{secrets.token_hex(3)}-"
+
+
+def run(argv: Sequence[str], check: bool = True, timeout: float = 30) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: rc={proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    argv = [IP] + (["-n", ns] if ns else []) + list(args)
+    return run(argv, check=check)
+
+
+def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
+    """The argument list that runs `argv` inside namespace `ns`."""
+    return [IP, "netns", "exec", ns, *argv]
+
+
+def create(name: str) -> None:
+    ip("netns", "add", name)
+    ip("link", "set", "lo", "up", ns=name)
+    # No duplicate address detection: link-local addresses would stay
+    # tentative for ~2 s and IPv6 neighbour discovery with them.
+    for scope in ("all", "default"):
+        sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", "0")
+
+
+def remove(name: str) -> None:
+    """Kill what still runs inside, then delete; a netns kept alive by a process
+    would otherwise survive its name."""
+    for pid in pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ip("netns", "delete", name, check=False)
+
+
+def pids(name: str) -> list[int]:
+    out = ip("netns", "pids", name, check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def sysctl(ns: str, key: str, value: str) -> None:
+    run(exec_argv(ns, ["sysctl", "-q", "-w", f"{key}={value}"]))
+
+
+def register_run(prefix: str) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / f"{prefix.strip('-')}.pid").write_text(str(os.getpid()))
+
+
+def unregister_run(prefix: str) -> None:
+    (RUN_DIR / f"{prefix.strip('-')}.pid").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_leftovers(prefix: str = "glb-") -> list[str]:
+    """Delete namespaces named `prefix...` whose creating run is no longer alive
+    (a killed test or demo).  Returns the names removed."""
+    removed: list[str] = []
+    if not NETNS_DIR.exists():
+        return removed
+    for entry in sorted(NETNS_DIR.iterdir()):
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        parts = name.split("-")
+        run_id = "-".join(parts[:2]) if len(parts) >= 3 else ""
+        pidfile = RUN_DIR / f"{run_id}.pid"
+        try:
+            owner = int(pidfile.read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if owner == os.getpid() or (owner and _alive(owner)):
+            continue
+        remove(name)
+        pidfile.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
+
+
+# -- running code inside a namespace ------------------------------------------------
+
+
+def setns_current_thread(name: str) -> None:
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise LabError(f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class NetnsWorker:
+    """One thread parked in a namespace; `call` runs a callable there.
+
+    Objects that hold netlink sockets (an NftablesDataplane) should be made
+    and used through the same worker.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"netns-{name}",
+            initializer=setns_current_thread,
+            initargs=(name,),
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def run_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run `fn` once in namespace `name` (a fresh thread; the caller stays put)."""
+    worker = NetnsWorker(name)
+    try:
+        return worker.call(fn, *args, **kwargs)
+    finally:
+        worker.close()

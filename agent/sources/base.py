@@ -1,0 +1,26 @@
+"""What the agent needs from a source of objects: the current Snapshot and a
+way to wait until it may have changed."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.model.snapshot import Snapshot
+
+
+class Source(Protocol):
+    name: str
+
+    def snapshot(self) -> Snapshot:
+        """The current objects; never raises for bad input (it is reported)."""
+        ...
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Return True when something may have changed, False on timeout."""
+        ...
+
+    def errors(self) -> list[str]:
+        """Problems of the last snapshot that kept objects out of it."""
+        ...
+
+    def close(self) -> None: ...

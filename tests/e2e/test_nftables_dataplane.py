@@ -1,0 +1,301 @@
+"""The nftables dataplane in the real kernel, inside a lab (network namespaces).
+
+One lab for the module: client -- node -- 3 echo backends.  The dataplane is
+made and driven in a thread parked in the node's namespace; traffic comes from
+threads parked in the client, node or a backend namespace.  Bounds are generous
+and measured figures are printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import nftables
+import pytest
+
+from agent.dataplane import nft_rules as R
+from agent.dataplane.nftables import NftablesDataplane
+from agent.lab import Lab, vip4, vip6
+from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
+
+pytestmark = pytest.mark.root
+
+SRC = FrontendSource("ns", "gw", "l")
+PORT = 8080  # every echo backend listens here (TCP and UDP)
+BE = {1: "10.20.0.11", 2: "10.20.0.12", 3: "10.20.0.13"}
+BE6 = {1: "fd00:20::11", 2: "fd00:20::12", 3: "fd00:20::13"}
+
+
+def frontend(
+    vip: str, port: int, weights: dict[int, int], reject: int = 0, proto: str = "tcp"
+) -> L4Frontend:
+    table = BE6 if ":" in vip else BE
+    backends = tuple(Backend(table[i], PORT, w) for i, w in weights.items())
+    return L4Frontend(vip, proto, port, backends, reject, SRC)
+
+
+def state(*fes: L4Frontend) -> DesiredState:
+    return DesiredState(l4=fes)
+
+
+# -- traffic helpers (run inside a namespace thread) -----------------------------------
+
+
+def tcp_ask(addr: str, port: int, timeout: float = 1.0) -> str:
+    """The backend name that answered, or the failure kind."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect((addr, port))
+            s.sendall(b"hi\n")
+            return s.recv(200).decode().split()[0]
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+
+
+def tcp_many(addr: str, port: int, n: int) -> Counter[str]:
+    return Counter(tcp_ask(addr, port) for _ in range(n))
+
+
+def udp_ask(addr: str, port: int, sock: socket.socket | None = None) -> str:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    own = sock is None
+    s = sock or socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(1.0)
+        s.connect((addr, port))
+        s.send(b"hi")
+        return s.recv(200).decode().split()[0]
+    except ConnectionRefusedError:  # ICMP port unreachable on a connected socket
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    finally:
+        if own:
+            s.close()
+
+
+def nft_list_chain(name: str) -> list[dict[str, Any]]:
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    nft.set_handle_output(True)
+    ref = {"family": "inet", "table": "gatewaylb", "name": name}
+    rc, out, err = nft.json_cmd({"nftables": [{"list": {"chain": ref}}]})
+    assert rc == 0, err
+    return [i["rule"] for i in out["nftables"] if "rule" in i]
+
+
+def tables() -> list[str]:
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    rc, out, _err = nft.json_cmd({"nftables": [{"list": {"tables": {}}}]})
+    assert rc == 0
+    return [t["table"]["name"] for t in out["nftables"] if "table" in t]
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(backends=3) as lab:
+        for b in lab.backends:
+            lab.start_echo(b, tcp=PORT, udp=PORT)
+        yield lab
+
+
+@pytest.fixture()
+def dp(lab: Lab) -> Iterator[NftablesDataplane]:
+    dp = lab.call(lab.node, NftablesDataplane)
+    yield dp
+    lab.call(lab.node, dp.cleanup)
+
+
+def apply(lab: Lab, dp: NftablesDataplane, desired: DesiredState) -> None:
+    result = lab.call(lab.node, dp.reconcile, desired)
+    assert result.errors == {}
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_tcp_and_udp_reach_backends_v4_and_v6(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(
+        lab,
+        dp,
+        state(
+            frontend(vip4(1), 80, {1: 1, 2: 1}),
+            frontend(vip4(1), 53, {3: 1}, proto="udp"),
+            frontend(vip6(1), 80, {1: 1}),
+            frontend(vip6(1), 53, {2: 1}, proto="udp"),
+        ),
+    )
+    assert set(lab.call(lab.client, tcp_many, vip4(1), 80, 20)) <= {"be1", "be2"}
+    assert lab.call(lab.client, udp_ask, vip4(1), 53) == "be3"
+    # The first IPv6 packet through a fresh lab can wait for neighbour
+    # discovery past TCP's 1 s SYN retransmission: allow for one retry.
+    assert lab.call(lab.client, tcp_ask, vip6(1), 80, 3.5) == "be1"
+    udp6 = [lab.call(lab.client, udp_ask, vip6(1), 53) for _ in range(3)]
+    assert "be2" in udp6 and set(udp6) <= {"be2", "timeout"}
+    counters = {(c.vip, c.protocol, c.port): c for c in lab.call(lab.node, dp.read_counters)}
+    c = counters[(vip4(1), "tcp", 80)]
+    assert sum(c.backend_connections.values()) == 20
+    assert c.packets >= 20 * 4 and c.bytes > 0  # SYN, ACK, data, FIN... per connection
+    print(f"\nfrontend tcp/80 packets={c.packets} bytes={c.bytes} {c.backend_connections}")
+
+
+def test_weighted_split_and_weight_zero(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(2), 80, {1: 1, 2: 3, 3: 0})))
+    t0 = time.perf_counter()
+    got = lab.call(lab.client, tcp_many, vip4(2), 80, 1000)
+    elapsed = time.perf_counter() - t0
+    print(f"\n1000 connections in {elapsed:.2f}s: {dict(got)} (expected 250/750/0)")
+    assert got["be3"] == 0
+    # binomial(1000, 0.25): sd ~13.7; +-70 is five sd
+    assert 180 <= got["be1"] <= 320 and got["be1"] + got["be2"] == 1000
+    (c,) = lab.call(lab.node, dp.read_counters)
+    assert c.backend_connections == {
+        (BE[1], PORT): got["be1"],
+        (BE[2], PORT): got["be2"],
+        (BE[3], PORT): 0,
+    }
+
+
+def test_reject_share_and_empty_frontend_are_refused(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(
+        lab,
+        dp,
+        state(
+            frontend(vip4(3), 80, {1: 1}, reject=1),
+            frontend(vip4(3), 81, {}),
+            frontend(vip4(3), 82, {2: 0}),
+            frontend(vip4(3), 53, {}, proto="udp"),
+            frontend(vip4(3), 54, {1: 1}, reject=3, proto="udp"),
+        ),
+    )
+    got = lab.call(lab.client, tcp_many, vip4(3), 80, 200)
+    print(f"\nreject share 1/2: {dict(got)}")
+    assert set(got) == {"be1", "refused"} and 60 <= got["refused"] <= 140
+    # Refused means a TCP reset (ConnectionRefusedError), never a timeout.
+    assert lab.call(lab.client, tcp_many, vip4(3), 81, 10) == Counter(refused=10)
+    assert lab.call(lab.client, tcp_many, vip4(3), 82, 10) == Counter(refused=10)
+    # UDP: ICMP port unreachable reaches the client as ECONNREFUSED.
+    assert lab.call(lab.client, udp_ask, vip4(3), 53) == "refused"
+    udp = Counter(lab.call(lab.client, udp_ask, vip4(3), 54) for _ in range(40))
+    assert set(udp) == {"be1", "refused"} and udp["refused"] >= 20
+    # Node-local clients are refused the same way (output hook).
+    assert lab.call(lab.node, tcp_ask, vip4(3), 81) == "refused"
+
+
+def test_edit_rewrites_only_the_changed_frontend(lab: Lab, dp: NftablesDataplane) -> None:
+    a = frontend(vip4(4), 80, {1: 1})
+    b = frontend(vip4(5), 80, {2: 1})
+    apply(lab, dp, state(a, b))
+    lab.call(lab.client, tcp_many, vip4(5), 80, 5)
+    b_rules = lab.call(lab.node, nft_list_chain, R.chain_name(b.key))
+    before = dp.transactions
+
+    t0 = time.perf_counter()
+    apply(lab, dp, state(frontend(vip4(4), 80, {1: 1, 3: 2}), b))
+    edit_ms = 1000 * (time.perf_counter() - t0)
+    assert dp.transactions == before + 1
+    # B's rules: same handles, same counters (nothing rewritten)
+    assert lab.call(lab.node, nft_list_chain, R.chain_name(b.key)) == b_rules
+    assert set(lab.call(lab.client, tcp_many, vip4(4), 80, 30)) == {"be1", "be3"}
+
+    t0 = time.perf_counter()
+    result = lab.call(lab.node, dp.reconcile, state(frontend(vip4(4), 80, {1: 1, 3: 2}), b))
+    noop_ms = 1000 * (time.perf_counter() - t0)
+    assert result.changed == 0 and dp.transactions == before + 1
+    print(f"\nedit {edit_ms:.1f} ms, no-op {noop_ms:.2f} ms (small table)")
+
+
+def test_established_tcp_survives_weight_zero(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(6), 80, {1: 1})))
+
+    def hold() -> socket.socket:
+        s = socket.create_connection((vip4(6), 80), timeout=1)
+        s.sendall(b"x")
+        assert s.recv(100).startswith(b"be1")
+        return s
+
+    conn = lab.call(lab.client, hold)
+    try:
+        apply(lab, dp, state(frontend(vip4(6), 80, {1: 0, 2: 1})))
+        conn.sendall(b"still there?")
+        assert conn.recv(100).startswith(b"be1")
+        assert lab.call(lab.client, tcp_many, vip4(6), 80, 10) == Counter(be2=10)
+    finally:
+        conn.close()
+
+
+def test_adoption_changes_nothing_and_counters_continue(lab: Lab, dp: NftablesDataplane) -> None:
+    desired = state(
+        frontend(vip4(7), 80, {1: 1, 2: 0}, reject=1), frontend(vip4(8), 53, {3: 1}, proto="udp")
+    )
+    apply(lab, dp, desired)
+    lab.call(lab.client, tcp_many, vip4(7), 80, 20)
+    before = {(c.vip, c.port): c for c in lab.call(lab.node, dp.read_counters)}
+
+    again = lab.call(lab.node, NftablesDataplane)
+    assert lab.call(lab.node, again.programmed) == lab.call(lab.node, dp.programmed)
+    result = lab.call(lab.node, again.reconcile, desired)
+    assert result.changed == 0 and again.transactions == 0
+    lab.call(lab.client, tcp_many, vip4(7), 80, 20)
+    after = {(c.vip, c.port): c for c in lab.call(lab.node, again.read_counters)}
+    k = (vip4(7), 80)
+    assert after[k].packets > before[k].packets
+    new_flows = sum(after[k].backend_connections.values()) - sum(
+        before[k].backend_connections.values()
+    )
+    assert 0 < new_flows <= 20
+    progs = {(p.vip, p.port): p for p in lab.call(lab.node, again.programmed)}
+    assert progs[k].backends == ((BE[1], PORT, 1), (BE[2], PORT, 0))
+    assert progs[k].reject_weight == 1
+
+
+def test_node_local_client_and_hairpin(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(9), 80, {1: 1}), frontend(vip6(9), 80, {1: 1})))
+    assert lab.call(lab.node, tcp_ask, vip4(9), 80) == "be1"
+    assert lab.call(lab.node, tcp_ask, vip6(9), 80) == "be1"
+    # be1 reaching its own VIP and being picked: masqueraded to the node.
+    be1 = lab.backends[0]
+
+    def ask_full(addr: str) -> str:
+        with socket.create_connection((addr, 80), timeout=1) as s:
+            s.sendall(b"x")
+            return s.recv(100).decode()
+
+    name, seen_src, _port = lab.call(be1, ask_full, vip4(9)).split()
+    assert name == "be1" and seen_src == "10.20.0.1"
+    assert lab.call(be1, ask_full, vip6(9)).split()[:2] == ["be1", "fd00:20::1"]
+
+
+def test_udp_conntrack_of_removed_endpoint_is_deleted(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(10), 53, {1: 1}, proto="udp")))
+    sock = lab.call(lab.client, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert lab.call(lab.client, udp_ask, vip4(10), 53, sock) == "be1"
+        # Weight 0 keeps the flow (draining) ...
+        apply(lab, dp, state(frontend(vip4(10), 53, {1: 0, 2: 1}, proto="udp")))
+        assert lab.call(lab.client, udp_ask, vip4(10), 53, sock) == "be1"
+        # ... removal moves it: same socket, same 5-tuple, new backend.
+        apply(lab, dp, state(frontend(vip4(10), 53, {2: 1}, proto="udp")))
+        assert lab.call(lab.client, udp_ask, vip4(10), 53, sock) == "be2"
+    finally:
+        sock.close()
+
+
+def test_cleanup_removes_the_table(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(11), 80, {1: 1})))
+    assert "gatewaylb" in lab.call(lab.node, tables)
+    lab.call(lab.node, dp.cleanup)
+    assert "gatewaylb" not in lab.call(lab.node, tables)
+    assert lab.call(lab.client, tcp_ask, vip4(11), 80, 0.3) == "timeout"

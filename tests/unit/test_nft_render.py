@@ -1,0 +1,189 @@
+"""Pure tests of the nftables rendering: weights -> cascade, refuse share, diff,
+fingerprints and reading a listed table back.  No root, no kernel."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from agent.dataplane import nft_rules as R
+from agent.state import Backend, FrontendSource, L4Frontend
+
+SRC = FrontendSource("ns", "gw", "l")
+
+
+def fe(backends: list[tuple[str, int, int]], reject: int = 0, proto: str = "tcp") -> L4Frontend:
+    return L4Frontend(
+        "10.99.0.1", proto, 80, tuple(Backend(ip, p, w) for ip, p, w in backends), reject, SRC
+    )
+
+
+def probabilities(spec: R.FrontendSpec) -> dict[str, Fraction]:
+    """Exact selection probability of each backend through the cascade."""
+    left = Fraction(1)
+    out: dict[str, Fraction] = {}
+    for b, modulus in R.cascade(spec):
+        p = Fraction(1) if modulus is None else Fraction(b.weight, modulus)
+        out[b.ip] = left * p
+        left *= 1 - p
+    out["refuse"] = left
+    return out
+
+
+def test_cascade_gives_exact_weighted_split() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 1), ("10.20.0.13", 80, 6)]))
+    probs = probabilities(spec)
+    assert probs == {
+        "10.20.0.11": Fraction(3, 10),
+        "10.20.0.12": Fraction(1, 10),
+        "10.20.0.13": Fraction(6, 10),
+        "refuse": 0,
+    }
+    # The last positive backend takes the rest without drawing.
+    assert R.cascade(spec)[-1][1] is None
+
+
+def test_reject_share_is_refused_not_redistributed() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)], reject=2))
+    probs = probabilities(spec)
+    assert probs["refuse"] == Fraction(1, 2)
+    assert probs["10.20.0.11"] == probs["10.20.0.12"] == Fraction(1, 4)
+    assert all(modulus is not None for _b, modulus in R.cascade(spec))
+
+
+def test_no_positive_backend_refuses_everything_but_keeps_backends_known() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 0)]))
+    assert R.cascade(spec) == []
+    rules = [c["add"]["rule"] for c in R.render_chain_rules(spec)]
+    # footer (mark + accept) first, then the dormant weight-0 rule after it
+    assert "r=0" in rules[0]["comment"]
+    assert {"accept": None} in rules[0]["expr"]
+    assert rules[1]["comment"] == "glb b=10.20.0.11,80,0"
+
+
+def test_rules_use_no_anonymous_sets() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 5)], reject=1))
+    text = repr(R.render_add(spec))
+    assert "vmap" not in text and "'set'" not in text
+    assert "numgen" in text
+
+
+def test_normalise_merges_duplicates_and_sorts() -> None:
+    spec = R.normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 2), ("10.20.0.12", 80, 3)]))
+    assert spec.backends == (Backend("10.20.0.11", 80, 2), Backend("10.20.0.12", 80, 4))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        fe([("fd00::1", 80, 1)]),  # family mismatch
+        fe([("10.20.0.11", 0, 1)]),
+        fe([("10.20.0.11", 80, -1)]),
+        fe([], proto="sctp"),
+    ],
+)
+def test_normalise_rejects_bad_frontends(bad: L4Frontend) -> None:
+    with pytest.raises(R.RenderError):
+        R.normalise(bad)
+
+
+def test_fingerprint_changes_with_weights_only_when_content_changes() -> None:
+    a = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
+    b = R.normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 1)]))
+    c = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 2)]))
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def _spec(vip: str, weight: int = 1) -> R.FrontendSpec:
+    return R.normalise(
+        L4Frontend(vip, "udp", 53, (Backend(vip.replace("99", "20"), 53, weight),), 0, SRC)
+    )
+
+
+def test_plan_touches_only_changed_frontends() -> None:
+    old = {s.key: s for s in (_spec("10.99.0.1"), _spec("10.99.0.2"), _spec("10.99.0.3"))}
+    new = dict(old)
+    changed = _spec("10.99.0.2", weight=5)
+    new[changed.key] = changed
+    del new[_spec("10.99.0.3").key]
+    added = _spec("10.99.0.4")
+    new[added.key] = added
+    p = R.plan(old, new)
+    assert [s.key for s in p.added] == [added.key]
+    assert [n.key for _o, n in p.updated] == [changed.key]
+    assert [s.key for s in p.removed] == [_spec("10.99.0.3").key]
+    assert R.plan(new, new).empty
+    cmds = repr(R.render_plan(p))
+    assert R.chain_name(_spec("10.99.0.1").key) not in cmds  # untouched
+
+
+def test_update_flushes_and_rewrites_with_carried_counts() -> None:
+    old = R.normalise(fe([("10.20.0.11", 80, 1)]))
+    new = R.normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 1)]))
+    cmds = R.render_update(old, new, {("10.20.0.11", 80): (7, 420)})
+    assert cmds[0] == {
+        "flush": {"chain": {"family": "inet", "table": "gatewaylb", "name": R.chain_name(new.key)}}
+    }
+    first = cmds[1]["add"]["rule"]["expr"]
+    assert {"counter": {"packets": 7, "bytes": 420}} in first
+
+
+def test_removed_backends_ignores_weight_zero() -> None:
+    old = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
+    new = R.normalise(fe([("10.20.0.11", 80, 0)]))
+    assert R.removed_backends(old, new) == {("10.20.0.12", 80)}
+    assert R.removed_backends(old, None) == {("10.20.0.11", 80), ("10.20.0.12", 80)}
+
+
+def _as_listing(cmds: list[R.Cmd]) -> dict[str, Any]:
+    """What `list table` would print after applying `cmds` to an empty table."""
+    items: list[dict[str, Any]] = []
+    maps: dict[str, dict[str, Any]] = {}
+    for c in cmds:
+        ((op, body),) = c.items()
+        ((kind, obj),) = body.items()
+        if op != "add":
+            continue
+        if kind in ("map", "set"):
+            maps[obj["name"]] = {kind: {**obj, "elem": []}}
+            items.append(maps[obj["name"]])
+        elif kind == "element":
+            (mk,) = maps[obj["name"]]
+            maps[obj["name"]][mk]["elem"] += obj["elem"]
+        elif kind in ("chain", "rule"):
+            items.append({kind: obj})
+    return {"nftables": items}
+
+
+def test_parse_table_round_trip_and_detects_tampering() -> None:
+    specs = {
+        s.key: s
+        for s in (
+            R.normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0)], reject=1)),
+            R.normalise(
+                L4Frontend("fd00:99::1", "udp", 53, (Backend("fd00:20::11", 53, 1),), 0, SRC)
+            ),
+        )
+    }
+    cmds = R.render_skeleton() + R.render_plan(R.plan({}, specs))
+    cmds += R.render_masq_diff(set(), R.masq_ips(specs.values()))
+    parsed = R.parse_table(_as_listing(cmds))
+    assert parsed.skeleton_ok
+    assert parsed.specs == specs
+    assert parsed.broken == {}
+    assert parsed.masq == {"10.20.0.11", "10.20.0.12", "fd00:20::11"}
+
+    # A hand-edited weight no longer matches the footer's fingerprint.
+    listing = _as_listing(cmds)
+    for item in listing["nftables"]:
+        rule = item.get("rule")
+        if rule and rule.get("comment") == "glb b=10.20.0.11,80,3":
+            rule["comment"] = "glb b=10.20.0.11,80,4"
+    parsed = R.parse_table(listing)
+    key = ("10.99.0.1", "tcp", 80)
+    assert key not in parsed.specs
+    assert parsed.broken == {R.chain_name(key): key}
+    repair = R.render_repair(key, specs[key], parsed.elements)
+    assert repair[1]["flush"]["chain"]["name"] == R.chain_name(key)
