@@ -226,3 +226,12 @@ def status_command(output: str, metrics_address: str | None) -> None:
         click.echo(
             f"{fe.vip:<40} {fe.protocol:<5} {fe.port:>5} {c.packets:>10} {c.bytes:>12}  {shown}"
         )
+
+
+@main.command("demo")
+@click.option("--dataplane", type=click.Choice(MODES), default="auto", show_default=True)
+def demo_command(dataplane: str) -> None:
+    """A throwaway lab: the agent on examples/l4, TCP and UDP through the VIP."""
+    from agent.lab.demo import run_demo
+
+    sys.exit(run_demo(dataplane))

@@ -1,0 +1,29 @@
+"""`gatewaylb demo` (what `make demo` runs) passes on this machine and cleans up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def _lab_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.startswith("glb-")}
+
+
+def test_demo_sends_tcp_and_udp_by_weight_and_removes_its_lab() -> None:
+    before = _lab_namespaces()
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo"], capture_output=True, text=True, timeout=120
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo passed" in result.stdout
+    assert "echo-blue (be1)" in result.stdout and "UDP:" in result.stdout
+    # Its own namespaces are gone (others' labs may come and go meanwhile).
+    created = _lab_namespaces() - before
+    assert not created, created
