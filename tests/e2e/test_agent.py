@@ -78,9 +78,14 @@ def service_yaml(name: str, endpoints: dict[str, str]) -> str:
         ---
         apiVersion: discovery.k8s.io/v1
         kind: EndpointSlice
-        metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+        metadata:
+          name: {name}-1
+          namespace: default
+          labels: {{kubernetes.io/service-name: {name}}}
         addressType: IPv4
-        ports: [{{name: tcp, protocol: TCP, port: {PORT}}}, {{name: udp, protocol: UDP, port: {PORT}}}]
+        ports:
+        - {{name: tcp, protocol: TCP, port: {PORT}}}
+        - {{name: udp, protocol: UDP, port: {PORT}}}
         endpoints:
         """
     ) + (eps + "\n" if eps else "  []\n")
