@@ -18,7 +18,17 @@ import click
 from agent import __version__
 from agent.daemon import Agent, SyncSettings
 from agent.dataplane.base import FrontendCounters
-from agent.dataplane.select import MODES, DataplaneUnavailable, available_modes, open_dataplane
+from agent.dataplane.select import (
+    DEFAULT_BPF_PIN_DIR,
+    MODES,
+    DataplaneOptions,
+    DataplaneUnavailable,
+    available_modes,
+    cgroup2_root,
+    cleanup_all,
+    open_dataplane,
+    programmed_dataplane,
+)
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
 from agent.output import dump, translation_document
@@ -72,6 +82,17 @@ def _default_node_name() -> str:
     return socket.gethostname()
 
 
+def _dataplane_options(
+    interfaces: tuple[str, ...], bpf_pin_dir: str, cgroup_path: str
+) -> DataplaneOptions:
+    cgroup: str | None = cgroup_path
+    if cgroup_path == "auto":
+        cgroup = cgroup2_root()
+    elif cgroup_path == "none":
+        cgroup = None
+    return DataplaneOptions(interfaces=interfaces, bpf_pin_dir=bpf_pin_dir, cgroup_path=cgroup)
+
+
 @main.command("run")
 @click.option(
     "--manifests", type=click.Path(path_type=Path), help="Standalone: a watched manifest directory."
@@ -84,6 +105,16 @@ def _default_node_name() -> str:
 @click.option("--dataplane", type=click.Choice(MODES), default="auto", show_default=True)
 @click.option(
     "--interface", "interfaces", multiple=True, help="Where VIP traffic arrives (repeatable)."
+)
+@click.option(
+    "--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True, help="ebpf: map pins."
+)
+@click.option(
+    "--cgroup-path",
+    default="auto",
+    show_default=True,
+    help="ebpf: cgroup v2 whose processes get socket-level load balancing to VIPs "
+    "('auto': the cgroup2 root; 'none': off).",
 )
 @click.option("--metrics-address", default="0.0.0.0:9469", show_default=True)
 @click.option(
@@ -108,6 +139,8 @@ def run_command(
     node_name: str,
     dataplane: str,
     interfaces: tuple[str, ...],
+    bpf_pin_dir: str,
+    cgroup_path: str,
     metrics_address: str,
     status_file: Path | None,
     controller_name: str,
@@ -126,8 +159,9 @@ def run_command(
         raise click.UsageError(f"--announce {announce} is not available in this version")
     if not manifests.is_dir():
         raise click.UsageError(f"--manifests {manifests}: not a directory")
+    options = _dataplane_options(interfaces, bpf_pin_dir, cgroup_path)
     try:
-        plane = open_dataplane(dataplane, interfaces)
+        plane = open_dataplane(dataplane, options)
     except DataplaneUnavailable as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -160,12 +194,15 @@ def run_command(
 @click.option(
     "--lab", is_flag=True, help="Also remove network namespaces left by labs (demo, tests)."
 )
-def cleanup_command(lab: bool) -> None:
+@click.option("--interface", "interfaces", multiple=True, help="ebpf: interfaces to detach from.")
+@click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
+@click.option("--cgroup-path", default="auto", show_default=True)
+def cleanup_command(
+    lab: bool, interfaces: tuple[str, ...], bpf_pin_dir: str, cgroup_path: str
+) -> None:
     """Remove everything the agent put in the kernel. Safe to run twice."""
-    from agent.dataplane.nftables import NftablesDataplane
-
-    NftablesDataplane().cleanup()
-    click.echo("removed: nftables table inet gatewaylb (if it existed)")
+    for item in cleanup_all(_dataplane_options(interfaces, bpf_pin_dir, cgroup_path)):
+        click.echo(f"removed: {item}")
     if lab:
         from agent.lab.netns import cleanup_leftovers
 
@@ -177,12 +214,15 @@ def cleanup_command(lab: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@click.option("--metrics-address", default=None, help="Unused for reading; kept for compatibility.")
-def status_command(output: str, metrics_address: str | None) -> None:
+@click.option(
+    "--metrics-address",
+    default=None,
+    help="Accepted for compatibility; the kernel is read directly.",
+)
+@click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
+def status_command(output: str, metrics_address: str | None, bpf_pin_dir: str) -> None:
     """What the kernel holds now: VIP, protocol, port, backends, counters."""
-    from agent.dataplane.nftables import NftablesDataplane
-
-    plane = NftablesDataplane()
+    plane = programmed_dataplane(DataplaneOptions(bpf_pin_dir=bpf_pin_dir))
     programmed = plane.programmed()
     counters = {(c.vip, c.protocol, c.port): c for c in plane.read_counters()}
     empty = FrontendCounters("", "", 0, 0, 0)

@@ -59,8 +59,13 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
 
 
 def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
-    """The argument list that runs `argv` inside namespace `ns`."""
-    return [IP, "netns", "exec", ns, *argv]
+    """The argument list that runs `argv` inside namespace `ns`.
+
+    nsenter rather than `ip netns exec`: the latter also remounts /sys in a new
+    mount namespace, which hides the bpf filesystem and cgroup2 mounts that an
+    agent with the eBPF dataplane must see.
+    """
+    return ["nsenter", f"--net={NETNS_DIR / ns}", "--", *argv]
 
 
 def create(name: str) -> None:

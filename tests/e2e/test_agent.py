@@ -26,6 +26,7 @@ import nftables
 import pytest
 
 from agent.lab import Lab, vip4
+from agent.lab.netns import exec_argv
 
 pytestmark = pytest.mark.root
 
@@ -162,9 +163,9 @@ def udp_ask(addr: str, port: int) -> str:
             return "timeout"
 
 
-def http_get(url: str) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 10) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -196,9 +197,31 @@ def nft_rule_count(lab: Lab) -> int:
 # -- the agent process ---------------------------------------------------------------------
 
 
+class Plane:
+    """A dataplane mode with the options that keep its kernel state private to
+    this run (eBPF: a bpf filesystem of our own, no cgroup-wide socket hooks)."""
+
+    def __init__(self, mode: str, bpffs: Path | None) -> None:
+        self.mode = mode
+        self.bpffs = bpffs
+
+    def args(self) -> list[str]:
+        if self.mode != "ebpf":
+            return ["--dataplane", self.mode]
+        assert self.bpffs is not None
+        pin = str(self.bpffs / "gatewaylb")
+        return ["--dataplane", "ebpf", "--bpf-pin-dir", pin, "--cgroup-path", "none"]
+
+    def cleanup_args(self) -> list[str]:
+        return self.args()[2:]
+
+
 class AgentProcess:
-    def __init__(self, lab: Lab, manifests: Path, status_file: Path, log: Path) -> None:
-        self.lab, self.manifests, self.status_file, self.log = lab, manifests, status_file, log
+    def __init__(
+        self, lab: Lab, plane: Plane, manifests: Path, status_file: Path, log: Path
+    ) -> None:
+        self.lab, self.plane, self.manifests = lab, plane, manifests
+        self.status_file, self.log = status_file, log
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -209,8 +232,7 @@ class AgentProcess:
             "run",
             "--manifests",
             str(self.manifests),
-            "--dataplane",
-            "nftables",
+            *self.plane.args(),
             "--metrics-address",
             METRICS,
             "--status-file",
@@ -247,10 +269,8 @@ class AgentProcess:
 
 
 def gatewaylb(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = lab.node.ns, sys.executable, "-m", "agent", *args
-    return subprocess.run(
-        ["ip", "netns", "exec", *argv], capture_output=True, text=True, timeout=60, check=False
-    )
+    argv = exec_argv(lab.node.ns, [sys.executable, "-m", "agent", *args])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -261,16 +281,37 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
+@pytest.fixture(scope="module", params=["nftables", "ebpf"])
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plane]:
+    mode = str(request.param)
+    if mode == "nftables":
+        yield Plane(mode, None)
+        return
+    bpffs = tmp_path_factory.mktemp("bpffs")
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    try:
+        yield Plane(mode, bpffs)
+    finally:
+        subprocess.run(["umount", str(bpffs)], check=False)
+
+
 @pytest.fixture()
-def agent(lab: Lab, tmp_path: Path) -> Iterator[AgentProcess]:
+def agent(lab: Lab, plane: Plane, tmp_path: Path) -> Iterator[AgentProcess]:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    proc = AgentProcess(lab, manifests, tmp_path / "status.json", tmp_path / "agent.log")
+    log = tmp_path / "agent.log"
+    proc = AgentProcess(lab, plane, manifests, tmp_path / "status.json", log)
     yield proc
     if proc.alive():
         proc.stop()
-    result = gatewaylb(lab, "cleanup")
+    result = gatewaylb(lab, "cleanup", *plane.cleanup_args())
     assert result.returncode == 0, result.stderr
+
+
+def plane_pin_args(plane: Plane) -> list[str]:
+    return ["--bpf-pin-dir", str(plane.bpffs / "gatewaylb")] if plane.bpffs else []
 
 
 def frontend_status(agent: AgentProcess, kind: str, name: str) -> dict[str, Any]:
@@ -300,7 +341,7 @@ def test_tcp_and_udp_flow_and_status_metrics_readyz(lab: Lab, agent: AgentProces
     assert condition(gw["conditions"], "Programmed") == ("True", "Programmed")
     assert gw["addresses"] == [{"type": "IPAddress", "value": VIP}]
     metrics = agent.metrics()
-    assert 'gatewaylb_info{dataplane="nftables"' in metrics
+    assert f'gatewaylb_info{{dataplane="{agent.plane.mode}"' in metrics
     line = next(
         ln
         for ln in metrics.splitlines()
@@ -311,7 +352,8 @@ def test_tcp_and_udp_flow_and_status_metrics_readyz(lab: Lab, agent: AgentProces
     assert float(line.rsplit(" ", 1)[1]) == got["be1"]
     assert "gatewaylb_frontends_programmed 2.0" in metrics
 
-    result = gatewaylb(lab, "status", "-o", "json")
+    pin = plane_pin_args(agent.plane)
+    result = gatewaylb(lab, "status", "-o", "json", *pin)
     assert result.returncode == 0, result.stderr
     frontends = json.loads(result.stdout)["frontends"]
     assert {(f["vip"], f["protocol"], f["port"]) for f in frontends} == {
@@ -493,7 +535,7 @@ def test_cleanup_removes_every_table(lab: Lab, agent: AgentProcess) -> None:
     agent.stop()
     assert lab.call(lab.client, tcp_ask, VIP, 80) in {"be1", "be2"}, "SIGTERM keeps the dataplane"
     for _ in range(2):  # safe to run twice
-        result = gatewaylb(lab, "cleanup")
+        result = gatewaylb(lab, "cleanup", *agent.plane.cleanup_args())
         assert result.returncode == 0, result.stderr
     listing = subprocess.run(
         ["ip", "netns", "exec", lab.node.ns, "nft", "list", "ruleset"],
@@ -502,3 +544,11 @@ def test_cleanup_removes_every_table(lab: Lab, agent: AgentProcess) -> None:
         check=True,
     ).stdout
     assert "gatewaylb" not in listing
+    filters = subprocess.run(
+        ["tc", "-n", lab.node.ns, "filter", "show", "dev", "vc0", "ingress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert "gatewaylb" not in filters
+    assert lab.call(lab.client, tcp_ask, VIP, 80).startswith(("error", "refused"))
