@@ -10,6 +10,7 @@ proportions the weights set.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -18,11 +19,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from agent.dataplane.select import resolve_mode
+from agent.lab.netns import exec_argv
 from agent.lab.topology import Lab
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "l4"
@@ -107,56 +111,83 @@ def _report(tally: Tally) -> bool:
     return ok
 
 
+@contextlib.contextmanager
+def _private_bpffs(tmp: str) -> Iterator[list[str]]:
+    """The eBPF dataplane's pins on a bpf filesystem of the demo's own, so the
+    demo leaves nothing on the host; no cgroup socket hooks (the demo's client
+    is in its own namespace, not a local process of the node)."""
+    mount = Path(tmp) / "bpffs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
+    try:
+        yield ["--bpf-pin-dir", str(mount / "gatewaylb"), "--cgroup-path", "none"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def run_demo(dataplane: str = "auto") -> int:
-    click.echo("gatewaylb demo: building a network-namespace lab (client, node, 2 backends)")
-    with Lab(backends=2) as lab, tempfile.TemporaryDirectory(prefix="gatewaylb-demo-") as tmp:
-        for backend in lab.backends:
-            lab.start_echo(backend, tcp=BACKEND_PORT, udp=BACKEND_PORT)
-        status_file = Path(tmp) / "status.json"
-        log_file = Path(tmp) / "agent.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "agent",
-            "run",
-            "--manifests",
-            str(EXAMPLES),
-            "--dataplane",
-            dataplane,
-            "--metrics-address",
-            METRICS,
-            "--status-file",
-            str(status_file),
-        ]
-        click.echo(f"starting the agent in {lab.node.ns}: gatewaylb run --manifests {EXAMPLES}")
-        with log_file.open("wb") as log:
-            agent = lab.popen(lab.node, argv, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while lab.call(lab.node, _http, f"http://{METRICS}/readyz")[0] != 200:
-            if agent.poll() is not None or time.monotonic() > deadline:
-                click.echo("the agent did not become ready:\n" + log_file.read_text(), err=True)
-                return 1
-            time.sleep(0.05)
-        click.echo("agent ready (/readyz = 200); the Gateway's VIP is programmed")
+    mode = resolve_mode(dataplane)
+    click.echo(
+        f"gatewaylb demo: building a network-namespace lab (client, node, 2 backends); "
+        f"dataplane {mode}"
+    )
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gatewaylb-demo-"))
+        extra = stack.enter_context(_private_bpffs(tmp)) if mode == "ebpf" else []
+        lab = stack.enter_context(Lab(backends=2))
+        return _run(lab, Path(tmp), mode, extra)
 
-        ok = _report(lab.call(lab.client, _tcp, REQUESTS))
-        ok &= _report(lab.call(lab.client, _udp, REQUESTS))
 
-        click.echo("\nwhat the kernel holds (gatewaylb status):")
-        status = subprocess.run(
-            ["ip", "netns", "exec", lab.node.ns, sys.executable, "-m", "agent", "status"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        click.echo(status.stdout.rstrip())
-        _, metrics = lab.call(lab.node, _http, f"http://{METRICS}/metrics")
-        click.echo("\nmetrics (excerpt of /metrics):")
-        for line in metrics.splitlines():
-            if line.startswith(("gatewaylb_backend_connections_total", "gatewaylb_info")):
-                click.echo(f"  {line}")
-        agent.terminate()
-        agent.wait(timeout=10)
-        click.echo("\nremoving the lab")
+def _run(lab: Lab, tmp: Path, mode: str, extra: list[str]) -> int:
+    for backend in lab.backends:
+        lab.start_echo(backend, tcp=BACKEND_PORT, udp=BACKEND_PORT)
+    status_file = Path(tmp) / "status.json"
+    log_file = Path(tmp) / "agent.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--manifests",
+        str(EXAMPLES),
+        "--dataplane",
+        mode,
+        *extra,
+        "--metrics-address",
+        METRICS,
+        "--status-file",
+        str(status_file),
+    ]
+    click.echo(f"starting the agent in {lab.node.ns}: gatewaylb run --manifests {EXAMPLES}")
+    with log_file.open("wb") as log:
+        agent = lab.popen(lab.node, argv, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while lab.call(lab.node, _http, f"http://{METRICS}/readyz")[0] != 200:
+        if agent.poll() is not None or time.monotonic() > deadline:
+            click.echo("the agent did not become ready:\n" + log_file.read_text(), err=True)
+            return 1
+        time.sleep(0.05)
+    click.echo("agent ready (/readyz = 200); the Gateway's VIP is programmed")
+
+    ok = _report(lab.call(lab.client, _tcp, REQUESTS))
+    ok &= _report(lab.call(lab.client, _udp, REQUESTS))
+
+    click.echo("\nwhat the kernel holds (gatewaylb status):")
+    status_argv = [sys.executable, "-m", "agent", "status", *extra[:2]]
+    status = subprocess.run(
+        exec_argv(lab.node.ns, status_argv),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    click.echo(status.stdout.rstrip())
+    _, metrics = lab.call(lab.node, _http, f"http://{METRICS}/metrics")
+    click.echo("\nmetrics (excerpt of /metrics):")
+    for line in metrics.splitlines():
+        if line.startswith(("gatewaylb_backend_connections_total", "gatewaylb_info")):
+            click.echo(f"  {line}")
+    agent.terminate()
+    agent.wait(timeout=10)
+    click.echo("\nremoving the lab")
     click.echo("demo passed: every flow went where the routes say" if ok else "demo FAILED")
     return 0 if ok else 1
