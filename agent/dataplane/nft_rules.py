@@ -1,34 +1,48 @@
 """Pure rendering of the nftables dataplane: DesiredState L4 frontends -> libnftables JSON.
 
-Owns the layout of `table inet gatewaylb` (names, base chains, maps, the rules of one
-frontend chain), the fingerprint that makes a frontend chain self-describing, the diff
-between what is programmed and what is desired, and parsing a listed table back into
-that model.  It does no I/O and never talks to the kernel: `nftables.py` does.
+Owns the layout of the gatewaylb tables (names, base chains, maps, sets, the rules of
+one frontend chain), the fingerprint that makes a frontend chain self-describing, the
+diff between what is programmed and what is desired, and parsing listed tables back
+into that model.  It does no I/O and never talks to the kernel: `nftables.py` does.
 
-Layout (one frontend, IPv4 10.99.0.1 tcp/80, backends .11 w=3, .12 w=1, .13 w=0,
-reject_weight 1):
+Layout: one shared table plus SHARDS shard tables.  A frontend lives in the shard
+chosen by a stable hash of its key (`shard_of`), so that a change makes the kernel
+re-validate one small shard at commit instead of every chain of one big table
+(nf_tables validates, per table, every chain reachable from its base chains when a
+rule or verdict-map element with a jump/goto/nat is added: ~55 ms at 10k frontends
+in one table).
 
-    map fe4   { ipv4_addr . inet_proto . inet_service : verdict }  # -> goto fe_<id>
-    map fcnt4 { ipv4_addr . inet_proto . inet_service : verdict }  # -> goto fc_<id>
-    set masq4 { ipv4_addr }                                        # every backend ip
-    chain nat_pre / nat_out   (nat, dstnat)   ip daddr . meta l4proto . th dport vmap @fe4
-    chain nat_post            (nat, srcnat)   ct status dnat ip saddr @masq4 masquerade
-    chain refuse_pre / _out   (filter, 0)     marked: tcp reset, else icmpx port-unreachable
-    chain count_pre / _out    (filter, -150)  ip daddr . meta l4proto . th dport vmap @fcnt4
-    chain fe_4_0a630001_t_80 {
-        numgen random mod 5 < 3 counter meta l4proto tcp dnat ip to 10.20.0.11:8080
-            comment "glb b=10.20.0.11,8080,3"
-        numgen random mod 2 < 1 counter meta l4proto tcp dnat ip to 10.20.0.12:8080
-            comment "glb b=10.20.0.12,8080,1"
-        meta mark set meta mark | 0x00400000 accept comment "glb r=1 fp=<16 hex>"
-        counter meta l4proto tcp dnat ip to 10.20.0.13:8080 comment "glb b=10.20.0.13,8080,0"
-    }
-    chain fc_4_0a630001_t_80 { counter }   # frontend packets/bytes, client -> VIP
+    table inet gatewaylb                       # shared, no frontend chains
+      set masq4  { ipv4_addr }                                       # every backend ip
+      set fcnt4  { ipv4_addr . inet_proto . inet_service; counter }  # frontend packets
+      set bcnt4  { ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service;
+                   counter }                                         # backend new flows
+      chain count_pre / _out  (filter, -150)  ip daddr . meta l4proto . th dport @fcnt4
+      chain nat_post          (nat, srcnat)   meta l4proto tcp ct original ip daddr .
+                                              meta l4proto . ct original proto-dst .
+                                              ip daddr . th dport @bcnt4   (and udp)
+                                              ct status dnat ip saddr @masq4 masquerade
+      chain refuse_pre / _out (filter, 0)     marked: tcp reset, else icmpx port-unreachable
+    table inet gatewaylb-NN                    # NN = 00 .. SHARDS-1
+      map fe4 { ipv4_addr . inet_proto . inet_service : verdict }     # -> goto fe_<id>
+      chain nat_pre / nat_out (nat, dstnat)   ip daddr . meta l4proto . th dport vmap @fe4
+      chain fe_4_0a630001_t_80 {
+          numgen random mod 5 < 3 meta l4proto tcp dnat ip to 10.20.0.11:8080
+              comment "glb b=10.20.0.11,8080,3"
+          numgen random mod 2 < 1 meta l4proto tcp dnat ip to 10.20.0.12:8080
+              comment "glb b=10.20.0.12,8080,1"
+          meta mark set meta mark | 0x00400000 accept comment "glb r=1 fp=<16 hex>"
+          meta l4proto tcp dnat ip to 10.20.0.13:8080 comment "glb b=10.20.0.13,8080,0"
+      }
 
-Counters are inline, not named objects: libnftables 1.0.6 dumps every named
-object before each rule command (50k counters cost ~160 ms a command at 10k).
-The comments make the chain self-describing: adoption rebuilds the spec from
-them and trusts it only when it matches the footer's fingerprint.
+Counters are per-element counters of the shared sets, not rule counters: reading them
+is two set dumps (no rule listing), and rewriting a frontend chain leaves them alone.
+The backend set is looked up in nat postrouting, which sees the first packet of each
+connection only, after DNAT: the element counts the new flows sent to that backend.
+Adding elements to a set without verdicts triggers no commit-time validation.
+
+The comments make the chain self-describing: adoption rebuilds the spec from them and
+trusts it only when it matches the footer's fingerprint.
 
 Each cascade rule draws a fresh random number: rule i takes w_i out of the weight
 R_i still left (its own and every later backend's plus the reject share), which
@@ -37,7 +51,9 @@ libnftables 1.0.6 each one is dumped on every later command (NOTES.md).
 
 Refusing is a packet mark because `reject` is not allowed in nat chains; the
 filter chains at priority 0 of prerouting and output (after DNAT at -100) reject
-marked packets: TCP reset, otherwise ICMP port unreachable.
+marked packets: TCP reset, otherwise ICMP port unreachable.  A nat hook runs the
+base chains of every table in turn until one of them sets up a mapping, so a
+marked (not NATed) packet just passes the other shards' lookups.
 """
 
 from __future__ import annotations
@@ -45,23 +61,31 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.state import TCP, UDP, Backend, L4Frontend
 
 FAMILY = "inet"
-TABLE = "gatewaylb"
+TABLE = "gatewaylb"  # the shared table
+SHARD_PREFIX = TABLE + "-"
+# Measured (bench/nft_scale.py, 10k frontends, one change): 8 shards 29 ms,
+# 16: 27 ms, 32: 32 ms, 64: 40 ms.  Fewer shards mean more chains to validate per
+# commit, more mean more sets and base chains for libnftables to dump on every
+# command and more nat lookups per new flow (one per shard and hook).
+SHARDS = 16
 # A single bit of the packet mark: other owners of the mark (kube-proxy uses
 # 0x4000, Cilium the 0x0f00 nibble) keep their bits.
 REFUSE_MARK = 0x00400000
-# Bumped whenever the base chains change shape; adoption rewrites them when the
-# version found in the kernel differs.
-SKELETON_VERSION = 1
-SKELETON_TAG = f"glb skeleton v{SKELETON_VERSION}"
+# Bumped whenever the layout changes shape.  The shard count and hash are part of
+# the tag: a table set written with another layout is replaced whole, atomically.
+SKELETON_VERSION = 2
+SKELETON_TAG = f"glb skeleton v{SKELETON_VERSION} shards={SHARDS} hash=crc32"
 _FP_PREFIX = "glb "
 
+Key = tuple[str, str, int]
 Cmd = dict[str, Any]
 
 
@@ -77,20 +101,39 @@ def is_ipv6(ip: str) -> bool:
     return ipaddress.ip_address(ip).version == 6
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def frontend_id(key: tuple[str, str, int]) -> str:
+@functools.lru_cache(maxsize=1 << 17)
+def frontend_id(key: Key) -> str:
     """A stable identifier from the key alone, so that names are known without state."""
     vip, proto, port = key
     fam = "6" if is_ipv6(vip) else "4"
     return f"{fam}_{_ip_hex(vip)}_{proto[0]}_{port}"
 
 
-def chain_name(key: tuple[str, str, int]) -> str:
+def chain_name(key: Key) -> str:
     return "fe_" + frontend_id(key)
 
 
-def count_chain_name(key: tuple[str, str, int]) -> str:
-    return "fc_" + frontend_id(key)
+@functools.lru_cache(maxsize=1 << 17)
+def shard_of(key: Key) -> int:
+    """Stable across processes and Python versions (not `hash()`)."""
+    vip, proto, port = key
+    return zlib.crc32(f"{vip}|{proto}|{port}".encode()) % SHARDS
+
+
+def shard_table(shard: int) -> str:
+    return f"{SHARD_PREFIX}{shard:02d}"
+
+
+def table_of(key: Key) -> str:
+    return shard_table(shard_of(key))
+
+
+SHARD_TABLES = tuple(shard_table(i) for i in range(SHARDS))
+
+
+def is_our_table(name: str) -> bool:
+    """`gatewaylb` and every `gatewaylb-*`: what cleanup removes."""
+    return name == TABLE or name.startswith(SHARD_PREFIX)
 
 
 # -- the normalised frontend ------------------------------------------------
@@ -107,7 +150,7 @@ class FrontendSpec:
     reject_weight: int
 
     @property
-    def key(self) -> tuple[str, str, int]:
+    def key(self) -> Key:
         return (self.vip, self.protocol, self.port)
 
     @property
@@ -120,7 +163,7 @@ class FrontendSpec:
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _fingerprint(key: tuple[str, str, int], backends: tuple[Backend, ...], reject: int) -> str:
+def _fingerprint(key: Key, backends: tuple[Backend, ...], reject: int) -> str:
     # Cached: a reconcile at 10k frontends compares 10k fingerprints.
     text = repr((key, [(b.ip, b.port, b.weight) for b in backends], reject))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -178,30 +221,52 @@ def _key(v6: bool, addr: str, port: str) -> dict[str, Any]:
     }
 
 
-def _obj(kind: str, **fields: Any) -> dict[str, Any]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
+def _obj(kind: str, table: str = TABLE, **fields: Any) -> dict[str, Any]:
+    return {kind: {"family": FAMILY, "table": table, **fields}}
 
 
 def _fam(v6: bool) -> str:
     return "6" if v6 else "4"
 
 
-# -- the skeleton ------------------------------------------------------------------
+def _l4(proto: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}}
 
-_BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
+
+# -- the skeletons ------------------------------------------------------------------
+
+_SHARED_CHAINS: tuple[tuple[str, str, str, int], ...] = (
     # name, type, hook, priority
-    ("nat_pre", "nat", "prerouting", -100),
-    ("nat_out", "nat", "output", -100),
     ("nat_post", "nat", "postrouting", 100),
     ("refuse_pre", "filter", "prerouting", 0),
     ("refuse_out", "filter", "output", 0),
-    # Client-to-VIP packets, before DNAT rewrites the destination (mangle,
-    # -150).  Replies are not counted: two more base chains walking every count
-    # chain would add ~25 ms of kernel table validation to each change at 10k.
+    # Client-to-VIP packets, before DNAT rewrites the destination (mangle, -150).
     ("count_pre", "filter", "prerouting", -150),
     ("count_out", "filter", "output", -150),
 )
-BASE_CHAIN_NAMES = frozenset(c[0] for c in _BASE_CHAINS)
+_SHARD_CHAINS: tuple[tuple[str, str, str, int], ...] = (
+    ("nat_pre", "nat", "prerouting", -100),
+    ("nat_out", "nat", "output", -100),
+)
+SHARED_CHAIN_NAMES = frozenset(c[0] for c in _SHARED_CHAINS)
+SHARD_CHAIN_NAMES = frozenset(c[0] for c in _SHARD_CHAINS)
+BASE_CHAIN_NAMES = SHARED_CHAIN_NAMES | SHARD_CHAIN_NAMES
+
+
+def _bcnt_match(v6: bool, proto: str) -> list[dict[str, Any]]:
+    """After DNAT: original VIP, protocol and port, then the chosen backend.
+    `ct original proto-dst` has a size only once the protocol is known."""
+    ipf = "ip6" if v6 else "ip"
+    key = {
+        "concat": [
+            {"ct": {"key": f"{ipf} daddr", "dir": "original"}},
+            {"meta": {"key": "l4proto"}},
+            {"ct": {"key": "proto-dst", "dir": "original"}},
+            _ref(ipf, "daddr"),
+            _ref("th", "dport"),
+        ]
+    }
+    return [_l4(proto), {"match": {"op": "==", "left": key, "right": f"@bcnt{_fam(v6)}"}}]
 
 
 def _base_rules(name: str) -> list[list[dict[str, Any]]]:
@@ -211,6 +276,7 @@ def _base_rules(name: str) -> list[list[dict[str, Any]]]:
         if name in ("nat_pre", "nat_out"):
             rules.append([{"vmap": {"key": _key(v6, "daddr", "dport"), "data": f"@fe{f}"}}])
         elif name == "nat_post":
+            rules += [_bcnt_match(v6, TCP), _bcnt_match(v6, UDP)]
             # Hairpin and backend-to-VIP-to-neighbour: the chosen backend would
             # answer the source directly (same host or same segment), so the
             # node must be the source.  Remote clients keep their address.
@@ -228,7 +294,9 @@ def _base_rules(name: str) -> list[list[dict[str, Any]]]:
                 ]
             )
         elif name in ("count_pre", "count_out"):
-            rules.append([{"vmap": {"key": _key(v6, "daddr", "dport"), "data": f"@fcnt{f}"}}])
+            rules.append(
+                [{"match": {"op": "==", "left": _key(v6, "daddr", "dport"), "right": f"@fcnt{f}"}}]
+            )
     if name in ("refuse_pre", "refuse_out"):
         marked = {
             "match": {
@@ -237,33 +305,60 @@ def _base_rules(name: str) -> list[list[dict[str, Any]]]:
                 "right": REFUSE_MARK,
             }
         }
-        tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
-        rules.append([marked, tcp, {"reject": {"type": "tcp reset"}}])
+        rules.append([marked, _l4(TCP), {"reject": {"type": "tcp reset"}}])
         rules.append([marked, {"reject": {"type": "icmpx", "expr": "port-unreachable"}}])
     return rules
 
 
-def render_skeleton() -> list[Cmd]:
-    """The table, maps, sets and base chains; idempotent (base chains are flushed)."""
-    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    for v6 in (False, True):
-        addr = "ipv6_addr" if v6 else "ipv4_addr"
-        key_type = [addr, "inet_proto", "inet_service"]
-        f = _fam(v6)
-        cmds.append({"add": _obj("map", name=f"fe{f}", type=key_type, map="verdict")})
-        cmds.append({"add": _obj("map", name=f"fcnt{f}", type=key_type, map="verdict")})
-        cmds.append({"add": _obj("set", name=f"masq{f}", type=addr)})
-    for name, typ, hook, prio in _BASE_CHAINS:
+def _base_chains(table: str, chains: Iterable[tuple[str, str, str, int]]) -> list[Cmd]:
+    cmds: list[Cmd] = []
+    for name, typ, hook, prio in chains:
         chain = {"name": name, "type": typ, "hook": hook, "prio": prio, "policy": "accept"}
-        cmds.append({"add": _obj("chain", **chain)})
-        cmds.append({"flush": _obj("chain", name=name)})
-        rules = _base_rules(name)
-        for i, expr in enumerate(rules):
+        cmds.append({"add": _obj("chain", table, **chain)})
+        cmds.append({"flush": _obj("chain", table, name=name)})
+        for i, expr in enumerate(_base_rules(name)):
             rule: dict[str, Any] = {"chain": name, "expr": expr}
             if i == 0:
                 rule["comment"] = SKELETON_TAG
-            cmds.append({"add": _obj("rule", **rule)})
+            cmds.append({"add": _obj("rule", table, **rule)})
     return cmds
+
+
+def render_shared_skeleton() -> list[Cmd]:
+    """The shared table, its sets and base chains; idempotent (base chains are flushed)."""
+    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    for v6 in (False, True):
+        addr = "ipv6_addr" if v6 else "ipv4_addr"
+        f = _fam(v6)
+        fkey = [addr, "inet_proto", "inet_service"]
+        bkey = [*fkey, addr, "inet_service"]
+        counter = [{"counter": None}]
+        cmds.append({"add": _obj("set", name=f"masq{f}", type=addr)})
+        cmds.append({"add": _obj("set", name=f"fcnt{f}", type=fkey, stmt=counter)})
+        cmds.append({"add": _obj("set", name=f"bcnt{f}", type=bkey, stmt=counter)})
+    return cmds + _base_chains(TABLE, _SHARED_CHAINS)
+
+
+def render_shard_skeleton(shard: int) -> list[Cmd]:
+    table = shard_table(shard)
+    cmds: list[Cmd] = [{"add": {"table": {"family": FAMILY, "name": table}}}]
+    for v6 in (False, True):
+        addr = "ipv6_addr" if v6 else "ipv4_addr"
+        key_type = [addr, "inet_proto", "inet_service"]
+        cmds.append({"add": _obj("map", table, name=f"fe{_fam(v6)}", type=key_type, map="verdict")})
+    return cmds + _base_chains(table, _SHARD_CHAINS)
+
+
+def render_skeleton() -> list[Cmd]:
+    """Every table of the layout (a fresh start)."""
+    cmds = render_shared_skeleton()
+    for shard in range(SHARDS):
+        cmds += render_shard_skeleton(shard)
+    return cmds
+
+
+def render_delete_tables(names: Iterable[str]) -> list[Cmd]:
+    return [{"delete": {"table": {"family": FAMILY, "name": n}}} for n in sorted(names)]
 
 
 # -- one frontend -------------------------------------------------------------------
@@ -292,20 +387,11 @@ def backend_comment(b: Backend) -> str:
     return f"{_FP_PREFIX}b={b.ip},{b.port},{b.weight}"
 
 
-Counts = Mapping[tuple[str, int], tuple[int, int]]
-
-
-def _counter(value: tuple[int, int] | None) -> dict[str, Any]:
-    packets, nbytes = value or (0, 0)
-    return {"counter": {"packets": packets, "bytes": nbytes}}
-
-
-def render_chain_rules(spec: FrontendSpec, counts: Counts | None = None) -> list[Cmd]:
-    """The rules of one frontend chain.  `counts` seeds the per-backend counters so
-    that a rewritten chain continues the new-flow counts of the one it replaces."""
-    counts = counts or {}
+def render_chain_rules(spec: FrontendSpec) -> list[Cmd]:
+    """The rules of one frontend chain (no counters: those live in the shared sets)."""
     cname = chain_name(spec.key)
-    proto = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": spec.protocol}}
+    table = table_of(spec.key)
+    proto = _l4(spec.protocol)
     family = "ip6" if spec.v6 else "ip"
 
     def dnat_rule(b: Backend, modulus: int | None) -> Cmd:
@@ -313,12 +399,8 @@ def render_chain_rules(spec: FrontendSpec, counts: Counts | None = None) -> list
         if modulus is not None:
             numgen = {"numgen": {"mode": "random", "mod": modulus, "offset": 0}}
             expr.append({"match": {"op": "<", "left": numgen, "right": b.weight}})
-        expr += [
-            _counter(counts.get((b.ip, b.port))),
-            proto,
-            {"dnat": {"family": family, "addr": b.ip, "port": b.port}},
-        ]
-        return {"add": _obj("rule", chain=cname, expr=expr, comment=backend_comment(b))}
+        expr += [proto, {"dnat": {"family": family, "addr": b.ip, "port": b.port}}]
+        return {"add": _obj("rule", table, chain=cname, expr=expr, comment=backend_comment(b))}
 
     cmds = [dnat_rule(b, modulus) for b, modulus in cascade(spec)]
     # Reached by the reject share, or by every flow when no backend has weight:
@@ -326,66 +408,107 @@ def render_chain_rules(spec: FrontendSpec, counts: Counts | None = None) -> list
     mark = {"meta": {"key": "mark"}}
     refuse = {"mangle": {"key": mark, "value": {"|": [mark, REFUSE_MARK]}}}
     footer = {"chain": cname, "expr": [refuse, {"accept": None}], "comment": footer_comment(spec)}
-    cmds.append({"add": _obj("rule", **footer)})
+    cmds.append({"add": _obj("rule", table, **footer)})
     # Weight-0 backends: unreachable rules after the footer's accept.  They keep
-    # the backend known to a reader of the kernel and keep its flow count.
+    # the backend known to a reader of the kernel (and its flow-count element).
     cmds += [dnat_rule(b, None) for b in spec.backends if b.weight == 0]
     return cmds
 
 
-def _elem_key(spec: FrontendSpec) -> dict[str, Any]:
-    return {"concat": [spec.vip, spec.protocol, spec.port]}
-
-
 def render_add(spec: FrontendSpec) -> list[Cmd]:
-    """Every object of a frontend that is not programmed yet (map elements are
-    batched by `render_plan`)."""
-    fc = count_chain_name(spec.key)
+    """The chain of a frontend that is not programmed yet (elements are batched by
+    `render_plan`)."""
     return [
-        {"add": _obj("chain", name=chain_name(spec.key))},
+        {"add": _obj("chain", table_of(spec.key), name=chain_name(spec.key))},
         *render_chain_rules(spec),
-        {"add": _obj("chain", name=fc)},
-        {"add": _obj("rule", chain=fc, expr=[_counter(None)])},
     ]
 
 
-def _backend_set(spec: FrontendSpec) -> set[tuple[str, int]]:
-    return {(b.ip, b.port) for b in spec.backends}
-
-
-def render_update(old: FrontendSpec, new: FrontendSpec, counts: Counts | None = None) -> list[Cmd]:
-    """Rewrite one chain in place; its map elements and its count chain stay."""
-    return [{"flush": _obj("chain", name=chain_name(new.key))}, *render_chain_rules(new, counts)]
+def render_update(old: FrontendSpec, new: FrontendSpec) -> list[Cmd]:
+    """Rewrite one chain in place; its map element and counter elements stay."""
+    table = table_of(new.key)
+    return [{"flush": _obj("chain", table, name=chain_name(new.key))}, *render_chain_rules(new)]
 
 
 def render_delete(old: FrontendSpec) -> list[Cmd]:
     """Chains go after the map elements that jump to them (same transaction: the
     kernel drops the references in order; verified on 6.18)."""
-    cmds: list[Cmd] = []
-    for name in (chain_name(old.key), count_chain_name(old.key)):
-        cmds.append({"flush": _obj("chain", name=name)})
-        cmds.append({"delete": _obj("chain", name=name)})
-    return cmds
+    return render_orphan(chain_name(old.key), table_of(old.key))
 
 
-def _elements(op: str, specs: Iterable[FrontendSpec]) -> list[Cmd]:
-    """One command per map: libnftables evaluates each command separately, so 10k
-    elements in one command are far cheaper than 10k commands."""
-    by_map: dict[str, list[Any]] = {}
-    for spec in specs:
-        f = _fam(spec.v6)
-        key = _elem_key(spec)
+def render_orphan(name: str, table: str) -> list[Cmd]:
+    """Remove a chain of ours (nothing may jump to it any more)."""
+    return [{"flush": _obj("chain", table, name=name)}, {"delete": _obj("chain", table, name=name)}]
+
+
+def _fkey(key: Key) -> dict[str, Any]:
+    return {"concat": [key[0], key[1], key[2]]}
+
+
+def _bkey(key: Key, backend: tuple[str, int]) -> dict[str, Any]:
+    return {"concat": [key[0], key[1], key[2], backend[0], backend[1]]}
+
+
+BackendKeys = frozenset[tuple[str, int]]
+
+
+@dataclass(slots=True)
+class Elements:
+    """Element commands of one transaction, batched per set: libnftables evaluates
+    each command separately, so 10k elements in one command are far cheaper than
+    10k commands.  Additions go before the rules (none needs them), deletions of
+    verdict elements before the chains they point to."""
+
+    add_vmap: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    del_vmap: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    add_set: dict[str, list[Any]] = field(default_factory=dict)
+    del_set: dict[str, list[Any]] = field(default_factory=dict)
+
+    def vmap(self, op: str, key: Key) -> None:
+        where = (table_of(key), f"fe{_fam(is_ipv6(key[0]))}")
         if op == "add":
-            by_map.setdefault(f"fe{f}", []).append(
-                [key, {"goto": {"target": chain_name(spec.key)}}]
-            )
-            by_map.setdefault(f"fcnt{f}", []).append(
-                [key, {"goto": {"target": count_chain_name(spec.key)}}]
-            )
+            goto = {"goto": {"target": chain_name(key)}}
+            self.add_vmap.setdefault(where, []).append([_fkey(key), goto])
         else:
-            by_map.setdefault(f"fe{f}", []).append(key)
-            by_map.setdefault(f"fcnt{f}", []).append(key)
-    return [{op: _obj("element", name=name, elem=elems)} for name, elems in sorted(by_map.items())]
+            self.del_vmap.setdefault(where, []).append(_fkey(key))
+
+    def counters(
+        self, key: Key, have: tuple[bool, BackendKeys], want: tuple[bool, BackendKeys]
+    ) -> None:
+        """Make the counter elements of one frontend go from `have` to `want`
+        ((frontend element present, backend elements present))."""
+        f = _fam(is_ipv6(key[0]))
+        if want[0] and not have[0]:
+            self.add_set.setdefault(f"fcnt{f}", []).append(_fkey(key))
+        elif have[0] and not want[0]:
+            self.del_set.setdefault(f"fcnt{f}", []).append(_fkey(key))
+        for b in sorted(want[1] - have[1]):
+            self.add_set.setdefault(f"bcnt{f}", []).append(_bkey(key, b))
+        for b in sorted(have[1] - want[1]):
+            self.del_set.setdefault(f"bcnt{f}", []).append(_bkey(key, b))
+
+    @staticmethod
+    def _cmds(op: str, groups: Mapping[Any, list[Any]], table: str | None = None) -> list[Cmd]:
+        out: list[Cmd] = []
+        for where, elems in sorted(groups.items()):
+            t, name = where if table is None else (table, where)
+            out.append({op: _obj("element", t, name=name, elem=elems)})
+        return out
+
+    def head(self) -> list[Cmd]:
+        return self._cmds("add", self.add_set, TABLE)
+
+    def after_chains(self) -> list[Cmd]:
+        """Verdict additions (their chains exist by now) and deletions (before the
+        chains they reach are deleted)."""
+        return self._cmds("add", self.add_vmap) + self._cmds("delete", self.del_vmap)
+
+    def tail(self) -> list[Cmd]:
+        return self._cmds("delete", self.del_set, TABLE)
+
+
+def backend_keys(spec: FrontendSpec | None) -> BackendKeys:
+    return frozenset((b.ip, b.port) for b in spec.backends) if spec else frozenset()
 
 
 def masq_ips(specs: Iterable[FrontendSpec]) -> set[str]:
@@ -420,10 +543,7 @@ class Plan:
         return len(self.added) + len(self.updated) + len(self.removed)
 
 
-def plan(
-    programmed: Mapping[tuple[str, str, int], FrontendSpec],
-    desired: Mapping[tuple[str, str, int], FrontendSpec],
-) -> Plan:
+def plan(programmed: Mapping[Key, FrontendSpec], desired: Mapping[Key, FrontendSpec]) -> Plan:
     added = tuple(desired[k] for k in sorted(desired.keys() - programmed.keys()))
     removed = tuple(programmed[k] for k in sorted(programmed.keys() - desired.keys()))
     updated = tuple(
@@ -435,46 +555,90 @@ def plan(
     return Plan(added, updated, removed)
 
 
-def render_plan(p: Plan, counts: Mapping[tuple[str, str, int], Counts] | None = None) -> list[Cmd]:
-    """One transaction for a plan; `counts` carries the backend counters of updated
-    frontends over their rewrite."""
-    counts = counts or {}
-    cmds: list[Cmd] = []
+CounterState = Mapping[Key, tuple[bool, BackendKeys]]
+
+
+def render_plan(p: Plan, present: CounterState | None = None) -> list[Cmd]:
+    """One transaction for a plan.  `present` is what the counter sets hold per
+    frontend (default: exactly what the plan's old specs imply)."""
+    present = present or {}
+    el = Elements()
+    chains: list[Cmd] = []
     for spec in p.added:
-        cmds += render_add(spec)
-    cmds += _elements("add", p.added)
+        chains += render_add(spec)
+        el.vmap("add", spec.key)
+        el.counters(
+            spec.key, present.get(spec.key, (False, frozenset())), (True, backend_keys(spec))
+        )
     for old, new in p.updated:
-        cmds += render_update(old, new, counts.get(new.key))
-    cmds += _elements("delete", p.removed)
+        chains += render_update(old, new)
+        have = present.get(new.key, (True, backend_keys(old)))
+        el.counters(new.key, have, (True, backend_keys(new)))
+    deletes: list[Cmd] = []
     for spec in p.removed:
-        cmds += render_delete(spec)
-    return cmds
+        el.vmap("delete", spec.key)
+        deletes += render_delete(spec)
+        el.counters(
+            spec.key, present.get(spec.key, (True, backend_keys(spec))), (False, frozenset())
+        )
+    return el.head() + chains + el.after_chains() + deletes + el.tail()
 
 
 def removed_backends(old: FrontendSpec, new: FrontendSpec | None) -> set[tuple[str, int]]:
     """Backends gone altogether (weight 0 still counts as present)."""
-    return _backend_set(old) - (_backend_set(new) if new else set())
+    return set(backend_keys(old) - backend_keys(new))
 
 
 # -- reading back ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParsedTable:
-    specs: dict[tuple[str, str, int], FrontendSpec]
-    # key -> (packets, bytes) of the frontend, both directions
-    frontend_counts: dict[tuple[str, str, int], tuple[int, int]]
+    """Our tables read back (any subset of them: shared and/or shards)."""
+
+    specs: dict[Key, FrontendSpec] = field(default_factory=dict)
+    # key -> (packets, bytes) of the frontend, client -> VIP
+    frontend_counts: dict[Key, tuple[int, int]] = field(default_factory=dict)
     # key -> (backend ip, port) -> (new flows, bytes of their first packets)
-    backend_counts: dict[tuple[str, str, int], dict[tuple[str, int], tuple[int, int]]]
-    masq: set[str]
-    skeleton_ok: bool
+    backend_counts: dict[Key, dict[tuple[str, int], tuple[int, int]]] = field(default_factory=dict)
+    masq: set[str] = field(default_factory=set)
+    # skeleton tag per table seen (shared table and shards)
+    tags: dict[str, str] = field(default_factory=dict)
     # chains that do not parse -> the key a map element gives them (None: orphan)
-    broken: dict[str, tuple[str, str, int] | None]
-    # (map name, key) pairs present in the verdict maps
-    elements: set[tuple[str, tuple[str, str, int]]]
+    broken: dict[str, Key | None] = field(default_factory=dict)
+    # chain name -> table, for every non-base chain seen
+    chain_tables: dict[str, str] = field(default_factory=dict)
+    # keys with a verdict element in their own shard's map
+    elements: set[Key] = field(default_factory=set)
+    # verdict elements in a table that is not their key's shard: (table, map, key)
+    stray_elements: set[tuple[str, str, Key]] = field(default_factory=set)
+
+    @property
+    def skeleton_ok(self) -> bool:
+        return self.tags.get(TABLE) == SKELETON_TAG and all(
+            self.tags.get(t) == SKELETON_TAG for t in SHARD_TABLES
+        )
+
+    def shards_ok(self) -> set[int]:
+        return {i for i, t in enumerate(SHARD_TABLES) if self.tags.get(t) == SKELETON_TAG}
+
+    def counter_state(self) -> dict[Key, tuple[bool, BackendKeys]]:
+        keys = self.frontend_counts.keys() | self.backend_counts.keys()
+        return {
+            k: (k in self.frontend_counts, frozenset(self.backend_counts.get(k, {}))) for k in keys
+        }
 
 
-def _key_from_elem(elem: Any) -> tuple[str, str, int] | None:
+def _elem_val(elem: Any) -> tuple[Any, tuple[int, int]]:
+    """An element as listed: plain, or wrapped with its counter."""
+    if isinstance(elem, dict) and "elem" in elem:
+        inner = elem["elem"]
+        c = inner.get("counter") or {}
+        return inner.get("val"), (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+    return elem, (0, 0)
+
+
+def _key_from_elem(elem: Any) -> Key | None:
     try:
         vip, proto, port = elem["concat"]
         return (str(ipaddress.ip_address(vip)), str(proto), int(port))
@@ -482,110 +646,143 @@ def _key_from_elem(elem: Any) -> tuple[str, str, int] | None:
         return None
 
 
-def _rule_counter(rule: Mapping[str, Any]) -> tuple[int, int]:
-    for e in rule.get("expr", []):
-        c = e.get("counter") if isinstance(e, dict) else None
-        if isinstance(c, dict) and "packets" in c:
-            return (int(c["packets"]), int(c["bytes"]))
-    return (0, 0)
+def _bkey_from_elem(elem: Any) -> tuple[Key, tuple[str, int]] | None:
+    try:
+        vip, proto, port, bip, bport = elem["concat"]
+        key = (str(ipaddress.ip_address(vip)), str(proto), int(port))
+        return key, (str(ipaddress.ip_address(bip)), int(bport))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
-def parse_table(listing: Mapping[str, Any]) -> ParsedTable:
-    """Rebuild the programmed frontends from `list table inet gatewaylb` JSON.
+def parse_sets(listing: Mapping[str, Any], out: ParsedTable) -> None:
+    """Fill the counters and masquerade set from a listing of the shared table
+    (or of its sets)."""
+    for item in listing.get("nftables", []):
+        s = item.get("set")
+        if not s or s.get("table") != TABLE:
+            continue
+        name = s["name"]
+        for raw in s.get("elem", []):
+            val, counts = _elem_val(raw)
+            if name in ("masq4", "masq6") and isinstance(val, str):
+                out.masq.add(val)
+            elif name in ("fcnt4", "fcnt6"):
+                key = _key_from_elem(val)
+                if key:
+                    out.frontend_counts[key] = counts
+            elif name in ("bcnt4", "bcnt6"):
+                kb = _bkey_from_elem(val)
+                if kb:
+                    out.backend_counts.setdefault(kb[0], {})[kb[1]] = counts
+
+
+def parse_table(listing: Mapping[str, Any], out: ParsedTable | None = None) -> ParsedTable:
+    """Rebuild the programmed frontends from listings of our tables (JSON).
 
     A frontend chain is trusted only when its footer's fingerprint matches the
-    spec rebuilt from its rules; otherwise it is reported broken (and replaced by
-    the next reconcile, never silently kept).
+    spec rebuilt from its rules, and it sits in its key's shard; otherwise it is
+    reported broken (and replaced by the next reconcile, never silently kept).
     """
+    out = out if out is not None else ParsedTable()
+    parse_sets(listing, out)
     chains: dict[str, list[dict[str, Any]]] = {}
-    keys: dict[str, tuple[str, str, int]] = {}  # chain -> key, from the verdict maps
-    elements: set[tuple[str, tuple[str, str, int]]] = set()
-    masq: set[str] = set()
-    skeleton_tags: dict[str, str] = {}
+    keys: dict[str, Key] = {}  # chain -> key, from the verdict maps
     for item in listing.get("nftables", []):
         if "chain" in item:
-            chains.setdefault(item["chain"]["name"], [])
+            c = item["chain"]
+            if c["name"] not in BASE_CHAIN_NAMES:
+                chains.setdefault(c["name"], [])
+                out.chain_tables[c["name"]] = c["table"]
         elif "rule" in item:
             r = item["rule"]
+            if r["chain"] in BASE_CHAIN_NAMES:
+                if "comment" in r and str(r["comment"]).startswith("glb skeleton"):
+                    # every base chain of a table must carry the tag
+                    tag = str(r["comment"])
+                    seen = out.tags.setdefault(r["table"], tag)
+                    if seen != tag:
+                        out.tags[r["table"]] = "mixed"
+                continue
             chains.setdefault(r["chain"], []).append(r)
-            if r["chain"] in BASE_CHAIN_NAMES and "comment" in r:
-                skeleton_tags[r["chain"]] = r["comment"]
-        elif "map" in item and item["map"]["name"] in ("fe4", "fe6", "fcnt4", "fcnt6"):
-            for elem in item["map"].get("elem", []):
-                key = _key_from_elem(elem[0])
+            out.chain_tables.setdefault(r["chain"], r["table"])
+        elif "map" in item and item["map"]["name"] in ("fe4", "fe6"):
+            m = item["map"]
+            for elem in m.get("elem", []):
+                key = _key_from_elem(_elem_val(elem[0])[0])
                 target = (
                     elem[1].get("goto", {}).get("target") if isinstance(elem[1], dict) else None
                 )
-                if key and target:
-                    keys[target] = key
-                    elements.add((item["map"]["name"], key))
-        elif "set" in item and item["set"]["name"] in ("masq4", "masq6"):
-            masq.update(str(e) for e in item["set"].get("elem", []) if isinstance(e, str))
-    skeleton_ok = all(skeleton_tags.get(n) == SKELETON_TAG for n in BASE_CHAIN_NAMES)
-    specs: dict[tuple[str, str, int], FrontendSpec] = {}
-    frontend_counts: dict[tuple[str, str, int], tuple[int, int]] = {}
-    backend_counts: dict[tuple[str, str, int], dict[tuple[str, int], tuple[int, int]]] = {}
-    broken: dict[str, tuple[str, str, int] | None] = {}
+                if not key or not target:
+                    continue
+                if table_of(key) != m["table"] or chain_name(key) != target:
+                    out.stray_elements.add((m["table"], m["name"], key))
+                    continue
+                keys[target] = key
+                out.elements.add(key)
+    _check_base_chains(listing, out)
     for name, rules in chains.items():
-        if name in BASE_CHAIN_NAMES:
-            continue
         key = keys.get(name)
-        if name.startswith("fc_") and key and count_chain_name(key) == name:
-            frontend_counts[key] = _rule_counter(rules[0]) if rules else (0, 0)
-            continue
-        parsed = _parse_chain(key, rules) if key and chain_name(key) == name else None
+        table = out.chain_tables.get(name)
+        parsed = _parse_chain(key, rules) if key and table == table_of(key) else None
         if parsed is None:
-            broken[name] = key
+            out.broken[name] = key
             continue
-        spec, counts = parsed
-        specs[spec.key] = spec
-        backend_counts[spec.key] = counts
-    # A frontend whose count chain went missing is rewritten whole.
-    for key in list(specs):
-        if key not in frontend_counts:
-            broken[chain_name(key)] = key
-            del specs[key]
-    return ParsedTable(specs, frontend_counts, backend_counts, masq, skeleton_ok, broken, elements)
+        out.specs[parsed.key] = parsed
+    return out
+
+
+def _check_base_chains(listing: Mapping[str, Any], out: ParsedTable) -> None:
+    """A table's tag counts only when all its base chains exist and are tagged."""
+    tagged: dict[str, set[str]] = {}
+    listed: set[str] = set()
+    for item in listing.get("nftables", []):
+        r = item.get("rule")
+        if r:
+            listed.add(r["table"])
+        if r and r["chain"] in BASE_CHAIN_NAMES and str(r.get("comment", "")) == SKELETON_TAG:
+            tagged.setdefault(r["table"], set()).add(r["chain"])
+    for table, tag in list(out.tags.items()):
+        if table not in listed:
+            continue
+        need = SHARED_CHAIN_NAMES if table == TABLE else SHARD_CHAIN_NAMES
+        if tag == SKELETON_TAG and tagged.get(table, set()) != need:
+            out.tags[table] = "incomplete"
 
 
 def render_repair(
-    key: tuple[str, str, int],
+    key: Key,
     spec: FrontendSpec | None,
-    elements: set[tuple[str, tuple[str, str, int]]],
+    elements: set[Key],
+    table: str | None = None,
 ) -> list[Cmd]:
     """Replace whatever a chain that did not parse holds: rewrite the frontend when
-    it is desired, else remove its elements and chains.  Commands are chosen so
+    it is desired, else remove its element and chain.  Commands are chosen so
     that none fails on a half-present frontend (a failing command would roll
-    back the whole transaction)."""
-    f = "6" if is_ipv6(key[0]) else "4"
-    names = (chain_name(key), count_chain_name(key))
-    cmds: list[Cmd] = []
-    for name in names:
-        cmds.append({"add": _obj("chain", name=name)})
-        cmds.append({"flush": _obj("chain", name=name)})
-    if spec is not None:
-        cmds += render_chain_rules(spec)
-        cmds.append({"add": _obj("rule", chain=names[1], expr=[_counter(None)])})
-        cmds += _elements("add", [spec])
-        return cmds
-    elem = {"concat": [key[0], key[1], key[2]]}
-    for m in (f"fe{f}", f"fcnt{f}"):
-        if (m, key) in elements:
-            cmds.append({"delete": _obj("element", name=m, elem=[elem])})
-    cmds += [{"delete": _obj("chain", name=name)} for name in names]
-    return cmds
+    back the whole transaction).  Counter elements are the caller's business."""
+    name = chain_name(key)
+    table = table or table_of(key)
+    cmds: list[Cmd] = [
+        {"add": _obj("chain", table, name=name)},
+        {"flush": _obj("chain", table, name=name)},
+    ]
+    if spec is not None and table == table_of(key):
+        el = Elements()
+        el.vmap("add", key)
+        return cmds + render_chain_rules(spec) + el.after_chains()
+    if key in elements and table == table_of(key):
+        el = Elements()
+        el.vmap("delete", key)
+        cmds += el.after_chains()
+    return [*cmds, {"delete": _obj("chain", table, name=name)}]
 
 
-def render_orphan(name: str) -> list[Cmd]:
-    """A chain of ours that no map element reaches."""
-    return [{"flush": _obj("chain", name=name)}, {"delete": _obj("chain", name=name)}]
+def render_stray(table: str, map_name: str, key: Key) -> list[Cmd]:
+    return [{"delete": _obj("element", table, name=map_name, elem=[_fkey(key)])}]
 
 
-def _parse_chain(
-    key: tuple[str, str, int], rules: list[dict[str, Any]]
-) -> tuple[FrontendSpec, dict[tuple[str, int], tuple[int, int]]] | None:
+def _parse_chain(key: Key, rules: list[dict[str, Any]]) -> FrontendSpec | None:
     backends: dict[tuple[str, int], int] = {}
-    counts: dict[tuple[str, int], tuple[int, int]] = {}
     footer = None
     for r in rules:
         comment = str(r.get("comment", ""))
@@ -593,7 +790,6 @@ def _parse_chain(
             if comment.startswith(_FP_PREFIX + "b="):
                 ip, port, weight = comment[len(_FP_PREFIX) + 2 :].split(",")
                 backends[(ip, int(port))] = int(weight)
-                counts[(ip, int(port))] = _rule_counter(r)
             elif comment.startswith(_FP_PREFIX + "r="):
                 footer = dict(part.split("=", 1) for part in comment[len(_FP_PREFIX) :].split())
         except ValueError:
@@ -602,4 +798,4 @@ def _parse_chain(
         return None
     ordered = tuple(Backend(ip, port, w) for (ip, port), w in sorted(backends.items()))
     spec = FrontendSpec(key[0], key[1], key[2], ordered, int(footer["r"]))
-    return (spec, counts) if spec.fingerprint == footer.get("fp") else None
+    return spec if spec.fingerprint == footer.get("fp") else None

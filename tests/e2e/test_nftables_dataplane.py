@@ -82,11 +82,12 @@ def udp_ask(addr: str, port: int, sock: socket.socket | None = None) -> str:
             s.close()
 
 
-def nft_list_chain(name: str) -> list[dict[str, Any]]:
+def nft_list_chain(key: tuple[str, str, int]) -> list[dict[str, Any]]:
+    """The rules of a frontend's chain, in its shard table."""
     nft = nftables.Nftables()
     nft.set_json_output(True)
     nft.set_handle_output(True)
-    ref = {"family": "inet", "table": "gatewaylb", "name": name}
+    ref = {"family": "inet", "table": R.table_of(key), "name": R.chain_name(key)}
     rc, out, err = nft.json_cmd({"nftables": [{"list": {"chain": ref}}]})
     assert rc == 0, err
     return [i["rule"] for i in out["nftables"] if "rule" in i]
@@ -199,7 +200,7 @@ def test_edit_rewrites_only_the_changed_frontend(lab: Lab, dp: NftablesDataplane
     b = frontend(vip4(5), 80, {2: 1})
     apply(lab, dp, state(a, b))
     lab.call(lab.client, tcp_many, vip4(5), 80, 5)
-    b_rules = lab.call(lab.node, nft_list_chain, R.chain_name(b.key))
+    b_rules = lab.call(lab.node, nft_list_chain, b.key)
     before = dp.transactions
 
     t0 = time.perf_counter()
@@ -207,7 +208,7 @@ def test_edit_rewrites_only_the_changed_frontend(lab: Lab, dp: NftablesDataplane
     edit_ms = 1000 * (time.perf_counter() - t0)
     assert dp.transactions == before + 1
     # B's rules: same handles, same counters (nothing rewritten)
-    assert lab.call(lab.node, nft_list_chain, R.chain_name(b.key)) == b_rules
+    assert lab.call(lab.node, nft_list_chain, b.key) == b_rules
     assert set(lab.call(lab.client, tcp_many, vip4(4), 80, 30)) == {"be1", "be3"}
 
     t0 = time.perf_counter()
@@ -296,6 +297,41 @@ def test_udp_conntrack_of_removed_endpoint_is_deleted(lab: Lab, dp: NftablesData
 def test_cleanup_removes_the_table(lab: Lab, dp: NftablesDataplane) -> None:
     apply(lab, dp, state(frontend(vip4(11), 80, {1: 1})))
     assert "gatewaylb" in lab.call(lab.node, tables)
+    assert R.table_of(frontend(vip4(11), 80, {1: 1}).key) in lab.call(lab.node, tables)
     lab.call(lab.node, dp.cleanup)
-    assert "gatewaylb" not in lab.call(lab.node, tables)
+    assert not [t for t in lab.call(lab.node, tables) if t.startswith("gatewaylb")]
     assert lab.call(lab.client, tcp_ask, vip4(11), 80, 0.3) == "timeout"
+
+
+def test_previous_single_table_layout_is_replaced(lab: Lab) -> None:
+    """A table left by the single-table layout (skeleton v1) is not adopted; the
+    first reconcile replaces it, and any stray gatewaylb-* table, atomically."""
+
+    def old_layout() -> None:
+        nft = nftables.Nftables()
+        rc, _out, err = nft.cmd(
+            "add table inet gatewaylb\n"
+            "add chain inet gatewaylb nat_pre { type nat hook prerouting priority -100; }\n"
+            "add rule inet gatewaylb nat_pre ip daddr 10.99.0.12 tcp dport 80"
+            ' dnat ip to 10.20.0.13:8080 comment "glb skeleton v1"\n'
+            "add chain inet gatewaylb fe_4_0a63000c_t_80\n"
+            "add table inet gatewaylb-99\n"
+        )
+        assert rc == 0, err
+
+    lab.call(lab.node, old_layout)
+    dp = lab.call(lab.node, NftablesDataplane)
+    try:
+        assert lab.call(lab.node, dp.programmed) == []
+        apply(lab, dp, state(frontend(vip4(12), 80, {1: 1})))
+        names = set(lab.call(lab.node, tables))
+        assert "gatewaylb-99" not in names and R.table_of((vip4(12), "tcp", 80)) in names
+        assert lab.call(lab.client, tcp_many, vip4(12), 80, 5) == Counter(be1=5)
+        again = lab.call(lab.node, NftablesDataplane)
+        assert (
+            lab.call(lab.node, again.reconcile, state(frontend(vip4(12), 80, {1: 1}))).changed == 0
+        )
+        assert again.transactions == 0
+    finally:
+        lab.call(lab.node, dp.cleanup)
+    assert not [t for t in lab.call(lab.node, tables) if t.startswith("gatewaylb")]
