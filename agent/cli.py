@@ -29,13 +29,19 @@ from agent.dataplane.select import (
     open_dataplane,
     programmed_dataplane,
 )
+from agent.election import LeaseElector
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
 from agent.output import dump, translation_document
+from agent.sources.base import Source
 from agent.sources.files import FileSource, ManifestError, load_directory
+from agent.sources.kube import KubeSource
+from agent.sources.kubeapi import KubeClient
+from agent.statuswriter import FileStatusWriter, KubeStatusWriter, StatusWriter
 from agent.translate import DEFAULT_CONTROLLER_NAME, translate
 
 log = logging.getLogger("gatewaylb")
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 @click.group(
@@ -124,6 +130,13 @@ def _dataplane_options(
 )
 @click.option("--controller-name", default=DEFAULT_CONTROLLER_NAME, show_default=True)
 @click.option(
+    "--namespace",
+    envvar=["GATEWAYLB_NAMESPACE", "POD_NAMESPACE"],
+    default="gatewaylb-system",
+    show_default=True,
+    help="Kubernetes: the agent's namespace (holds the status-writer Lease).",
+)
+@click.option(
     "--announce", type=click.Choice(["none", "l2", "bgp"]), default="none", show_default=True
 )
 @click.option(
@@ -144,20 +157,24 @@ def run_command(
     metrics_address: str,
     status_file: Path | None,
     controller_name: str,
+    namespace: str,
     announce: str,
     log_format: str,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM/SIGINT; the kernel state stays in place on exit."""
     setup_logging(log_format, log_level)
-    if manifests is None:
-        raise click.UsageError(
-            "--manifests is required: the Kubernetes source (--kubeconfig/--in-cluster) "
-            "is not available in this version"
-        )
     if announce != "none":
         raise click.UsageError(f"--announce {announce} is not available in this version")
-    if not manifests.is_dir():
+    if manifests is not None and (kubeconfig is not None or in_cluster):
+        raise click.UsageError("--manifests and --kubeconfig/--in-cluster are exclusive")
+    if manifests is None and kubeconfig is None and not in_cluster:
+        if not SERVICE_ACCOUNT_TOKEN.exists():
+            raise click.UsageError(
+                "a source is needed: --manifests DIR, --kubeconfig or --in-cluster"
+            )
+        in_cluster = True
+    if manifests is not None and not manifests.is_dir():
         raise click.UsageError(f"--manifests {manifests}: not a directory")
     options = _dataplane_options(interfaces, bpf_pin_dir, cgroup_path)
     try:
@@ -166,12 +183,30 @@ def run_command(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     metrics = AgentMetrics(version=__version__, dataplane=plane.name, node=node_name)
-    source = FileSource(manifests)
+    writers: list[StatusWriter] = []
+    if status_file is not None:
+        writers.append(FileStatusWriter(status_file))
+    elector: LeaseElector | None = None
+    source: Source
+    if manifests is not None:
+        source = FileSource(manifests)
+        where = str(manifests)
+    else:
+        client = (
+            KubeClient.in_cluster() if in_cluster else KubeClient.from_kubeconfig(str(kubeconfig))
+        )
+        kube = KubeSource(client)
+        elector = LeaseElector(client, namespace=namespace, identity=node_name)
+        writers.append(KubeStatusWriter(client, kube, controller_name, is_leader=elector.is_leader))
+        kube.start()
+        elector.start()
+        source, where = kube, client.host
     agent = Agent(
         source=source,
         dataplane=plane,
         metrics=metrics,
-        settings=SyncSettings(controller_name=controller_name, status_file=status_file),
+        settings=SyncSettings(controller_name=controller_name),
+        status_writers=writers,
     )
     server = HealthServer(metrics_address, metrics, lambda: agent.ready)
     server.start()
@@ -180,7 +215,7 @@ def run_command(
         __version__,
         node_name,
         plane.name,
-        manifests,
+        where,
         metrics_address,
     )
     try:
@@ -188,6 +223,8 @@ def run_command(
     finally:
         server.stop()
         source.close()
+        if elector is not None:
+            elector.stop()
 
 
 @main.command("cleanup")

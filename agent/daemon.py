@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.dataplane.base import Dataplane, ReconcileResult
 from agent.metrics import AgentMetrics, LabelledCounters
 from agent.model.snapshot import Snapshot
-from agent.output import translation_document
 from agent.sources.base import Source
 from agent.state import DesiredState
+from agent.statuswriter import StatusWriter
 from agent.translate import translate
 
 log = logging.getLogger("gatewaylb.agent")
@@ -36,7 +32,6 @@ log = logging.getLogger("gatewaylb.agent")
 @dataclass(frozen=True, slots=True)
 class SyncSettings:
     controller_name: str
-    status_file: Path | None = None
     debounce: float = 0.05
     max_debounce: float = 0.5
     rescan_interval: float = 10.0
@@ -51,11 +46,13 @@ class Agent:
         dataplane: Dataplane,
         metrics: AgentMetrics,
         settings: SyncSettings,
+        status_writers: Sequence[StatusWriter] = (),
     ) -> None:
         self._source = source
         self._dataplane = dataplane
         self._metrics = metrics
         self._settings = settings
+        self._status_writers = list(status_writers)
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
@@ -153,6 +150,8 @@ class Agent:
 
     async def sync_once(self) -> bool:
         started = time.monotonic()
+        if not self._source.synced():
+            return True  # never program a partial view of the cluster
         snapshot = self._source.snapshot()
         if snapshot is self._synced_snapshot:
             return True  # nothing changed since the last good sync (a periodic rescan)
@@ -184,7 +183,11 @@ class Agent:
             self._metrics.sync_errors.labels(name).inc()
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
-        self._write_status(translation_document(snapshot, result))
+        for writer in self._status_writers:
+            try:
+                await asyncio.to_thread(writer.write, snapshot, result)
+            except Exception:
+                log.exception("event=status_write_failed writer=%s", type(writer).__name__)
         self._synced_snapshot = snapshot if not outcome.errors else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
@@ -205,29 +208,3 @@ class Agent:
             outcome = self._dataplane.reconcile(desired)
             self._desired = desired
         return outcome
-
-    def _write_status(self, doc: dict[str, object]) -> None:
-        path = self._settings.status_file
-        if path is None:
-            return
-        # Compact: at 10k routes the indented form is 27 MB and a second to write.
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
-        if text == self._last_status_doc:
-            return
-        write_atomically(path, text)
-        self._last_status_doc = text
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

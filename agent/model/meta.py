@@ -38,7 +38,6 @@ class ObjectMeta:
     # RFC 3339 as the API server writes it; lexical order is time order.  None
     # for objects that were never stored (manifest files), which sort newest.
     creation_timestamp: str | None = None
-    resource_version: str = ""
     uid: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     # Where the object came from, for messages: "FILE:LINE" or the API's apiVersion.
@@ -67,7 +66,6 @@ def parse_meta(
         name=name,
         generation=meta.integer("generation", 1, minimum=0),
         creation_timestamp=created,
-        resource_version=meta.string("resourceVersion", "", max_len=128),
         uid=meta.string("uid", "", max_len=128),
         labels=meta.string_map("labels"),
         api_version=api_version,

@@ -11,6 +11,11 @@ from agent.model.snapshot import Snapshot
 class Source(Protocol):
     name: str
 
+    def synced(self) -> bool:
+        """Has every kind of object been read once?  Until then nothing is
+        programmed: a partial view would delete frontends not yet seen."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """The current objects; never raises for bad input (it is reported)."""
         ...

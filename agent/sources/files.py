@@ -196,6 +196,9 @@ class FileSource:
         self._watcher = DirectoryWatcher(directory)
         self._last_errors: list[str] = []
 
+    def synced(self) -> bool:
+        return True
+
     def snapshot(self) -> Snapshot:
         snapshot = self._directory.scan()
         self._last_errors = [str(e) for e in self._directory.errors] + [

@@ -1,0 +1,139 @@
+"""Leader election over a coordination.k8s.io/v1 Lease: who writes status.
+
+Every agent programs its own node; exactly one writes status.  The holder
+renews every `renew` seconds; another agent takes the Lease over once it has
+not been renewed for `duration` seconds.  A holder that cannot renew stops
+calling itself leader before the others can take over (it keeps a margin), so
+two writers never overlap while clocks agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.sources.kubeapi import ApiError, KubeClient
+
+log = logging.getLogger(__name__)
+
+
+def micro_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_micro_time(text: str) -> float:
+    text = text.rstrip("Z")
+    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+
+
+class LeaseElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespace: str,
+        identity: str,
+        name: str = "gatewaylb-status",
+        duration: float = 15.0,
+        renew: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+        self._collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self.name, self.namespace, self.identity = name, namespace, identity
+        self._duration, self._renew, self._clock = duration, renew, clock
+        self._leader_until = 0.0
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+        self.transitions = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def is_leader(self) -> bool:
+        return self._clock() < self._leader_until
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            was = self.is_leader()
+            try:
+                self.try_acquire_or_renew()
+            except Exception as exc:  # API down: we stop being leader when our time runs out
+                log.warning(
+                    "event=lease_failed lease=%s/%s error=%r",
+                    self.namespace,
+                    self.name,
+                    str(exc)[:200],
+                )
+            now = self.is_leader()
+            if now != was:
+                log.info(
+                    "event=lease_%s lease=%s/%s identity=%s",
+                    "acquired" if now else "lost",
+                    self.namespace,
+                    self.name,
+                    self.identity,
+                )
+                if self._on_change is not None:
+                    self._on_change(now)
+            self._stop.wait(self._renew)
+
+    def try_acquire_or_renew(self) -> bool:
+        now = self._clock()
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self._duration),
+            "renewTime": micro_time(now),
+        }
+        try:
+            lease = self._client.request("GET", self._path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {**spec, "acquireTime": micro_time(now), "leaseTransitions": 0},
+            }
+            return self._won(lambda: self._client.request("POST", self._collection, body=body), now)
+        current: dict[str, Any] = lease.get("spec") or {}
+        holder = current.get("holderIdentity")
+        renewed = current.get("renewTime")
+        duration = float(current.get("leaseDurationSeconds") or self._duration)
+        expired = renewed is None or parse_micro_time(str(renewed)) + duration < now
+        if holder != self.identity and not expired and holder:
+            self._leader_until = 0.0
+            return False
+        new_spec = dict(current)
+        new_spec.update(spec)
+        if holder != self.identity:
+            new_spec["acquireTime"] = micro_time(now)
+            new_spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
+        body = dict(lease)
+        body["spec"] = new_spec
+        return self._won(lambda: self._client.request("PUT", self._path, body=body), now)
+
+    def _won(self, write: Callable[[], Any], now: float) -> bool:
+        try:
+            write()  # resourceVersion in the body: a concurrent writer gets 409
+        except ApiError as exc:
+            if exc.status in (409, 422):
+                self._leader_until = 0.0
+                return False
+            raise
+        # Lead a renew period less than the Lease lasts: a holder that cannot
+        # renew steps down before anyone else may take over.
+        self._leader_until = now + self._duration - self._renew
+        return True

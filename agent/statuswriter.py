@@ -1,0 +1,225 @@
+"""Status writers: the StatusReport back to where the objects came from.
+
+- FileStatusWriter (standalone): the `translate` document, written atomically.
+- KubeStatusWriter: the status subresource of each GatewayClass, Gateway and
+  route, patched only when it changed (no write storms), with optimistic
+  concurrency (resourceVersion) and a retry on conflict.  Conditions keep
+  their lastTransitionTime while their status stays the same; route parents
+  written by other controllers are kept as they are.  Only the Lease holder
+  writes (see election.py); every agent still programs its own node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.model.snapshot import Snapshot
+from agent.output import translation_document
+from agent.sources.kube import Key, KubeSource, ObjectRef
+from agent.sources.kubeapi import ApiError, KubeClient
+from agent.translate import Translation
+
+log = logging.getLogger(__name__)
+
+ROUTE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"})
+
+
+class StatusWriter(Protocol):
+    def write(self, snapshot: Snapshot, result: Translation) -> None: ...
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FileStatusWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last: str | None = None
+
+    def write(self, snapshot: Snapshot, result: Translation) -> None:
+        doc = translation_document(snapshot, result)
+        # Compact: at 10k routes the indented form is 27 MB and a second to write.
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
+        if text != self._last:
+            write_atomically(self.path, text)
+            self._last = text
+
+
+# -- Kubernetes ------------------------------------------------------------------------
+
+
+def rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _stamp(
+    new: list[dict[str, Any]], old: list[dict[str, Any]] | None, now: str
+) -> list[dict[str, Any]]:
+    """Conditions with lastTransitionTime: kept from the old condition of the
+    same type while its status is unchanged, else now."""
+    previous = {c.get("type"): c for c in old or [] if isinstance(c, dict)}
+    out = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        keep = before is not None and before.get("status") == cond["status"]
+        stamped = dict(cond)
+        stamped["lastTransitionTime"] = (
+            before.get("lastTransitionTime", now) if keep and before is not None else now
+        )
+        out.append(stamped)
+    return out
+
+
+def _parent_key(ref: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(ref.get(k) for k in ("group", "kind", "namespace", "name", "sectionName", "port"))
+
+
+def merge_status(
+    kind: str, old: dict[str, Any] | None, new: dict[str, Any], now: str, controller: str
+) -> dict[str, Any]:
+    old = old or {}
+    merged = dict(new)
+    if kind in ROUTE_KINDS:
+        old_parents = [p for p in old.get("parents") or [] if isinstance(p, dict)]
+        mine_before = {
+            _parent_key(p.get("parentRef") or {}): p
+            for p in old_parents
+            if p.get("controllerName") == controller
+        }
+        others = [p for p in old_parents if p.get("controllerName") != controller]
+        mine = []
+        for parent in new.get("parents") or []:
+            before = mine_before.get(_parent_key(parent["parentRef"]))
+            stamped = dict(parent)
+            stamped["conditions"] = _stamp(
+                parent["conditions"], (before or {}).get("conditions"), now
+            )
+            mine.append(stamped)
+        merged["parents"] = others + mine
+        return merged
+    merged["conditions"] = _stamp(new.get("conditions") or [], old.get("conditions"), now)
+    if kind == "Gateway":
+        old_listeners = {
+            ls.get("name"): ls for ls in old.get("listeners") or [] if isinstance(ls, dict)
+        }
+        listeners = []
+        for ls in new.get("listeners") or []:
+            stamped = dict(ls)
+            stamped["conditions"] = _stamp(
+                ls["conditions"], (old_listeners.get(ls["name"]) or {}).get("conditions"), now
+            )
+            listeners.append(stamped)
+        merged["listeners"] = listeners
+    return merged
+
+
+def _normalized(value: Any) -> Any:
+    """The API server omits empty lists and nulls it stores: compare without them,
+    or every sync would rewrite an unchanged status."""
+    if isinstance(value, dict):
+        out = {k: _normalized(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+class KubeStatusWriter:
+    def __init__(
+        self,
+        client: KubeClient,
+        source: KubeSource,
+        controller_name: str,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._source = source
+        self._controller = controller_name
+        self._is_leader = is_leader
+        self._clock = clock
+        self.writes = 0  # patches sent, for tests and metrics
+
+    def write(self, snapshot: Snapshot, result: Translation) -> None:
+        if not self._is_leader():
+            return
+        refs = self._source.status_refs()
+        wanted: dict[Key, dict[str, Any]] = {
+            (o.kind, o.namespace, o.name): o.status.to_dict() for o in result.status.objects
+        }
+        # Routes that no longer name any Gateway of ours lose our parents entries.
+        for key, ref in refs.items():
+            if key[0] in ROUTE_KINDS and key not in wanted and self._has_our_parents(ref):
+                wanted[key] = {"parents": []}
+        now = rfc3339(self._clock())
+        for key, new in sorted(wanted.items()):
+            target = refs.get(key)
+            if target is None:
+                continue  # not in the API (yet, or any more)
+            try:
+                self._patch(key, target, new, now)
+            except ApiError as exc:
+                log.warning(
+                    "event=status_write_failed kind=%s object=%s/%s error=%r",
+                    key[0],
+                    key[1],
+                    key[2],
+                    str(exc)[:200],
+                )
+
+    def _has_our_parents(self, ref: ObjectRef) -> bool:
+        parents = (ref.status or {}).get("parents") or []
+        return any(
+            isinstance(p, dict) and p.get("controllerName") == self._controller for p in parents
+        )
+
+    def _patch(self, key: Key, ref: ObjectRef, new: dict[str, Any], now: str) -> None:
+        status, rv = ref.status, ref.resource_version
+        for attempt in range(4):
+            merged = merge_status(key[0], status, new, now, self._controller)
+            if _normalized(merged) == _normalized(status or {}):
+                return
+            path = ref.resource.object_path(ref.namespace, ref.name) + "/status"
+            try:
+                out = self._client.request(
+                    "PATCH",
+                    path,
+                    body={"metadata": {"resourceVersion": rv}, "status": merged},
+                    content_type="application/merge-patch+json",
+                )
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409 or attempt == 3:
+                    raise
+                # Someone wrote in between: read the object again and re-merge.
+                fresh = self._client.request(
+                    "GET", ref.resource.object_path(ref.namespace, ref.name)
+                )
+                status = fresh.get("status")
+                rv = str((fresh.get("metadata") or {}).get("resourceVersion") or "")
+                continue
+            self.writes += 1
+            new_rv = str((out.get("metadata") or {}).get("resourceVersion") or "")
+            self._source.update_status(key, new_rv, out.get("status") or merged)
+            return
