@@ -80,7 +80,11 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str, int]
 
-BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
+# The C sources, compiled at load: the repository's bpf/ in a checkout, or where
+# an installed image put them (the Dockerfile sets GATEWAYLB_BPF_DIR).
+BPF_DIR: Final = Path(
+    os.environ.get("GATEWAYLB_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf"
+)
 NFT_TABLE: Final = "gatewaylb_ebpf"
 MARK_REJECT: Final = 0x10000000
 MARK_MASQ: Final = 0x20000000
