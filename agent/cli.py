@@ -17,6 +17,7 @@ import click
 
 from agent import __version__
 from agent.daemon import Agent, SyncSettings
+from agent.dataplane.addresses import VIPAddresses
 from agent.dataplane.base import FrontendCounters
 from agent.dataplane.select import (
     DEFAULT_BPF_PIN_DIR,
@@ -33,6 +34,8 @@ from agent.election import LeaseElector
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
 from agent.output import dump, translation_document
+from agent.proxy.reconciler import ProxyReconciler
+from agent.proxy.worker import ProxyWorker
 from agent.sources.base import Source
 from agent.sources.files import FileSource, ManifestError, load_directory
 from agent.sources.kube import KubeSource
@@ -41,6 +44,7 @@ from agent.statuswriter import FileStatusWriter, KubeStatusWriter, StatusWriter
 from agent.translate import DEFAULT_CONTROLLER_NAME, translate
 
 log = logging.getLogger("gatewaylb")
+DEFAULT_RUN_DIR = Path("/run/gatewaylb")
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -130,6 +134,13 @@ def _dataplane_options(
 )
 @click.option("--controller-name", default=DEFAULT_CONTROLLER_NAME, show_default=True)
 @click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_RUN_DIR,
+    show_default=True,
+    help="Where the L7 proxy worker keeps its configuration, sockets and certificates.",
+)
+@click.option(
     "--namespace",
     envvar=["GATEWAYLB_NAMESPACE", "POD_NAMESPACE"],
     default="gatewaylb-system",
@@ -157,6 +168,7 @@ def run_command(
     metrics_address: str,
     status_file: Path | None,
     controller_name: str,
+    run_dir: Path,
     namespace: str,
     announce: str,
     log_format: str,
@@ -207,6 +219,7 @@ def run_command(
         metrics=metrics,
         settings=SyncSettings(controller_name=controller_name),
         status_writers=writers,
+        proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()),
     )
     server = HealthServer(metrics_address, metrics, lambda: agent.ready)
     server.start()
@@ -234,12 +247,15 @@ def run_command(
 @click.option("--interface", "interfaces", multiple=True, help="ebpf: interfaces to detach from.")
 @click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
 @click.option("--cgroup-path", default="auto", show_default=True)
+@click.option("--run-dir", type=click.Path(path_type=Path), default=DEFAULT_RUN_DIR)
 def cleanup_command(
-    lab: bool, interfaces: tuple[str, ...], bpf_pin_dir: str, cgroup_path: str
+    lab: bool, interfaces: tuple[str, ...], bpf_pin_dir: str, cgroup_path: str, run_dir: Path
 ) -> None:
-    """Remove everything the agent put in the kernel. Safe to run twice."""
+    """Remove everything the agent put in the kernel, and the proxy worker. Safe to run twice."""
     for item in cleanup_all(_dataplane_options(interfaces, bpf_pin_dir, cgroup_path)):
         click.echo(f"removed: {item}")
+    ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()).cleanup()
+    click.echo(f"removed: the proxy worker under {run_dir / 'proxy'} and its VIP addresses")
     if lab:
         from agent.lab.netns import cleanup_leftovers
 

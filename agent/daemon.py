@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from agent.dataplane.base import Dataplane, ReconcileResult
 from agent.metrics import AgentMetrics, LabelledCounters
 from agent.model.snapshot import Snapshot
+from agent.proxy.feedback import apply_problems
+from agent.proxy.reconciler import Problem, ProxyReconciler
 from agent.sources.base import Source
 from agent.state import DesiredState
 from agent.statuswriter import StatusWriter
@@ -47,18 +50,21 @@ class Agent:
         metrics: AgentMetrics,
         settings: SyncSettings,
         status_writers: Sequence[StatusWriter] = (),
+        proxy: ProxyReconciler | None = None,
     ) -> None:
         self._source = source
         self._dataplane = dataplane
         self._metrics = metrics
         self._settings = settings
         self._status_writers = list(status_writers)
+        self._proxy = proxy
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
         self._desired = DesiredState()
         self._last_status_doc: str | None = None
         self._synced_snapshot: Snapshot | None = None
+        self._proxy_problems: tuple[Problem, ...] = ()
         self.ready = False
         self.syncs = 0
         metrics.add_kernel_counters(self._labelled_counters)
@@ -99,8 +105,11 @@ class Agent:
         self._dirty.set()
         async with asyncio.TaskGroup() as tg:
             watch = tg.create_task(self._watch())
+            supervisor = tg.create_task(self._supervise_proxy()) if self._proxy else None
             await self._sync_loop()
             watch.cancel()
+            if supervisor is not None:
+                supervisor.cancel()
         log.info("event=stopped kernel_state=kept")
 
     async def _watch(self) -> None:
@@ -181,6 +190,11 @@ class Agent:
             )
         if outcome.errors:
             self._metrics.sync_errors.labels(name).inc()
+        proxy_ok = await self._reconcile_proxy(desired)
+        if self._proxy_problems:
+            result = dataclasses.replace(
+                result, status=apply_problems(result.status, self._proxy_problems)
+            )
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
         for writer in self._status_writers:
@@ -188,7 +202,7 @@ class Agent:
                 await asyncio.to_thread(writer.write, snapshot, result)
             except Exception:
                 log.exception("event=status_write_failed writer=%s", type(writer).__name__)
-        self._synced_snapshot = snapshot if not outcome.errors else None
+        self._synced_snapshot = snapshot if not outcome.errors and proxy_ok else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
         if not self.ready:
@@ -201,7 +215,38 @@ class Agent:
             len(outcome.errors),
             (time.monotonic() - started) * 1000,
         )
-        return not outcome.errors
+        return not outcome.errors and proxy_ok
+
+    async def _reconcile_proxy(self, desired: DesiredState) -> bool:
+        if self._proxy is None:
+            return True
+        t0 = time.monotonic()
+        try:
+            applied = await asyncio.to_thread(self._proxy.reconcile, desired)
+        except Exception:
+            self._metrics.sync_errors.labels("proxy").inc()
+            log.exception("event=reconcile_failed reconciler=proxy")
+            return False
+        finally:
+            self._metrics.sync_duration.labels("proxy").observe(time.monotonic() - t0)
+        self._proxy_problems = applied.problems
+        if not applied.ok:
+            self._metrics.sync_errors.labels("proxy").inc()
+        return applied.ok
+
+    async def _supervise_proxy(self) -> None:
+        """Restart the proxy worker if it dies (the worker itself backs off)."""
+        assert self._proxy is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), 2.0)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(self._proxy.ensure_running)
+            except Exception:
+                log.exception("event=proxy_supervise_failed")
 
     def _reconcile(self, desired: DesiredState) -> ReconcileResult:
         with self._kernel_lock:

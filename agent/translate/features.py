@@ -15,6 +15,26 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "ReferenceGrant",
             "TCPRoute",
             "UDPRoute",
+            # L7, through the HAProxy worker (tests/e2e/test_proxy_http.py).
+            "GRPCRoute",
+            "HTTPRoute",
+            "HTTPRoute303RedirectStatusCode",
+            "HTTPRoute307RedirectStatusCode",
+            "HTTPRoute308RedirectStatusCode",
+            "HTTPRouteBackendProtocolH2C",
+            "HTTPRouteBackendRequestHeaderModification",
+            "HTTPRouteBackendTimeout",
+            "HTTPRouteHostRewrite",
+            "HTTPRouteMethodMatching",
+            "HTTPRoutePathRedirect",
+            "HTTPRoutePathRewrite",
+            "HTTPRoutePortRedirect",
+            "HTTPRouteQueryParamMatching",
+            "HTTPRouteRequestTimeout",
+            "HTTPRouteResponseHeaderModification",
+            "HTTPRouteSchemeRedirect",
+            "TLSRoute",
+            "TLSRouteModeTerminate",
         }
     )
 )
@@ -22,4 +42,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
 # Route fields this agent reads but does not implement yet: a rule that uses one
 # is dropped and reported (Accepted=False or PartiallyInvalid, UnsupportedValue),
 # never silently served differently from what it says.
-UNSUPPORTED_FILTERS = frozenset({"ExtensionRef", "ExternalAuth", "CORS"})
+# RequestMirror: HAProxy 2.6 has no native request mirroring (only SPOE-based
+# agents that copy requests out of band and cannot honour the mirror's
+# semantics), so rules that ask for it are refused rather than served unmirrored.
+UNSUPPORTED_FILTERS = frozenset({"ExtensionRef", "ExternalAuth", "CORS", "RequestMirror"})

@@ -237,6 +237,8 @@ class AgentProcess:
             METRICS,
             "--status-file",
             str(self.status_file),
+            "--run-dir",
+            str(self.status_file.parent / "run"),
         ]
         logf = self.log.open("ab")
         self.proc = self.lab.popen(self.lab.node, argv, stdout=logf, stderr=logf)
@@ -306,7 +308,7 @@ def agent(lab: Lab, plane: Plane, tmp_path: Path) -> Iterator[AgentProcess]:
     yield proc
     if proc.alive():
         proc.stop()
-    result = gatewaylb(lab, "cleanup", *plane.cleanup_args())
+    result = gatewaylb(lab, "cleanup", *plane.cleanup_args(), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
 
 
@@ -552,3 +554,80 @@ def test_cleanup_removes_every_table(lab: Lab, agent: AgentProcess) -> None:
     ).stdout
     assert "gatewaylb" not in filters
     assert lab.call(lab.client, tcp_ask, VIP, 80).startswith(("error", "refused"))
+
+
+HTTP_PORT = 9080
+
+
+def http_route_yaml() -> str:
+    return textwrap.dedent(
+        """\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: web, namespace: default}
+        spec:
+          parentRefs: [{name: demo, sectionName: http}]
+          hostnames: [shop.example.com]
+          rules:
+          - matches: [{path: {type: PathPrefix, value: /api}}]
+            backendRefs: [{name: web-api, port: 80}]
+          - backendRefs: [{name: web-front, port: 80}]
+        """
+    )
+
+
+def http_service_yaml(name: str, ip: str) -> str:
+    return (
+        service_yaml(name, {ip: "ready"})
+        .replace(f"port: {PORT}", f"port: {HTTP_PORT}")
+        .replace(f"targetPort: {PORT}", f"targetPort: {HTTP_PORT}")
+    )
+
+
+def http_get_json(url: str, host: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def test_http_route_beside_l4_listeners_on_one_vip(lab: Lab, agent: AgentProcess) -> None:
+    for be in lab.backends[:2]:
+        lab.popen(
+            be,
+            [
+                sys.executable,
+                "-m",
+                "agent.lab.httpecho",
+                "--name",
+                be.role,
+                "--port",
+                str(HTTP_PORT),
+            ],
+        )
+    basic_manifests(agent.manifests, lab)
+    listeners = L4_LISTENERS + "- {name: http, protocol: HTTP, port: 8000}\n"
+    write(agent.manifests / "gateway.yaml", gateway_yaml(listeners))
+    write(agent.manifests / "web-api.yaml", http_service_yaml("web-api", lab.backends[0].ip4))
+    write(agent.manifests / "web-front.yaml", http_service_yaml("web-front", lab.backends[1].ip4))
+    write(agent.manifests / "web.yaml", http_route_yaml())
+    agent.start()
+
+    def routed(path: str) -> tuple[int, str]:
+        code, body = http_get_json(f"http://{VIP}:8000{path}", "shop.example.com")
+        return code, str(body.get("name", ""))
+
+    wait_for(lambda: lab.call(lab.client, routed, "/api/x") == (200, "be1"), timeout=10)
+    assert lab.call(lab.client, routed, "/") == (200, "be2")
+    assert lab.call(lab.client, http_get_json, f"http://{VIP}:8000/", "other.example.com")[0] == 404
+    # The L4 listeners of the same Gateway and VIP keep working beside the proxy.
+    assert set(lab.call(lab.client, tcp_many, VIP, 80, 20)) <= {"be1", "be2"}
+    assert lab.call(lab.client, udp_ask, VIP, 80) == "be1"
+    route = frontend_status(agent, "HTTPRoute", "web")
+    assert condition(route["parents"][0]["conditions"], "Accepted") == ("True", "Accepted")
+    # A route edit is applied by a hitless reload.
+    write(agent.manifests / "web.yaml", http_route_yaml().replace("value: /api", "value: /v2"))
+    wait_for(lambda: lab.call(lab.client, routed, "/v2/x") == (200, "be1"), timeout=10)
+    assert lab.call(lab.client, routed, "/api/x") == (200, "be2")

@@ -1,0 +1,874 @@
+"""L7 listeners -> one complete HAProxy 2.6 configuration (pure: no I/O).
+
+Layout of the output:
+
+- `global` / `defaults`: the master-worker plumbing (a stats socket that hands
+  listening sockets to the next worker on reload), hitless-reload options and
+  the default timeouts.
+- one `frontend` per distinct listener set on a port: every (VIP, port) that
+  serves the same listeners shares one frontend with one `bind` per VIP.
+  HTTP and HTTPS listeners are `mode http` (HTTPS terminates TLS with a
+  `crt-list`, certificates chosen by SNI); TLS listeners are `mode tcp`
+  (Passthrough routes on the ClientHello's SNI, Terminate decrypts first).
+- one `backend` per distinct (Service, endpoints, protocol, backend filters,
+  timeout): endpoints are its servers.
+
+Routing in an HTTP frontend is decided once, then acted on:
+
+1. `txn.host` = the Host header without port, lower case (SNI for TLS).
+2. listener: the first listener on the port whose hostname matches (exact,
+   then longer wildcard suffixes, then no hostname) -> `txn.l`.
+3. virtual host inside that listener, in the same specificity order -> `txn.vh`.
+4. route entry: the first entry of that virtual host, in the precedence order
+   translate produced, whose every match condition holds -> `txn.r`.
+   Nothing selected -> 404.
+5. the filters of entry `txn.r` (redirect, header modifiers, rewrites), its
+   weighted choice of backend (`rand()` into `txn.pick`, ranges per Service,
+   the invalid share answering 500), response header modifiers.
+
+Every manifest string goes through `agent.proxy.escape`; a value that cannot be
+represented drops its whole rule (every match of it, on every listener) and is
+reported as a `Problem`, and the rest of the configuration is unaffected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from agent.model.routes import HeaderModifier, PathModifier, RouteFilter
+from agent.proxy import escape
+from agent.proxy.escape import Unrepresentable, word
+from agent.state import (
+    Backend,
+    BackendSet,
+    HTTPMatch,
+    HTTPRouteEntry,
+    L7Listener,
+    ServiceBackend,
+    TLSCertificate,
+    TLSRouteEntry,
+)
+
+H2C = "kubernetes.io/h2c"
+SUPPORTED_FILTERS = frozenset(
+    {"RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"}
+)
+STATS_SOCKET = "stats.sock"
+HEALTH_SOCKET = "health.sock"
+CERT_DIR = "certs"
+HARD_STOP_AFTER = "30s"
+DEFAULT_SERVER_TIMEOUT_MS = 60_000
+TLS_INSPECT_DELAY = "5s"
+
+HTTP, HTTPS, PASSTHROUGH, TERMINATE = "http", "https", "tls-passthrough", "tls-terminate"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why (part of) a route or listener is not served.  `route` is the route's
+    `Kind namespace/name` (or `Gateway ns/name listener NAME`), `rule` its rule
+    index when the problem is one rule."""
+
+    route: str
+    rule: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedConfig:
+    text: str
+    files: Mapping[str, bytes]  # path relative to the run directory -> content
+    problems: tuple[Problem, ...]
+
+
+def certificate_id(cert: TLSCertificate) -> str:
+    """Content address of a certificate + key pair (its file name)."""
+    digest = hashlib.sha256(cert.cert_pem + b"\0" + cert.key_pem).hexdigest()
+    return digest[:32]
+
+
+def certificate_file(cert: TLSCertificate) -> str:
+    return f"{CERT_DIR}/{certificate_id(cert)}.pem"
+
+
+def certificate_pem(cert: TLSCertificate) -> bytes:
+    chain = cert.cert_pem if cert.cert_pem.endswith(b"\n") else cert.cert_pem + b"\n"
+    return chain + cert.key_pem + (b"" if cert.key_pem.endswith(b"\n") else b"\n")
+
+
+def render(
+    listeners: Sequence[L7Listener],
+    run_dir: str,
+    *,
+    rejected_certificates: Mapping[str, str] | None = None,
+    excluded_rules: frozenset[tuple[str, int | None]] = frozenset(),
+    threads: int | None = None,
+) -> RenderedConfig:
+    """The configuration serving `listeners`, with files under `run_dir`.
+
+    `rejected_certificates` maps `certificate_id`s the caller found unusable to
+    the reason (they are left out, and a listener left without certificates is
+    not served); `excluded_rules` are (route, rule) pairs to leave out (rule
+    None: the whole route); `threads` sets HAProxy's thread count (default:
+    one per CPU).
+    """
+    r = _Renderer(run_dir.rstrip("/"), dict(rejected_certificates or {}), excluded_rules)
+    r.threads = threads
+    return r.render(listeners)
+
+
+# -- hostnames --------------------------------------------------------------------------
+
+
+def _host_key(hostname: str | None) -> tuple[int, int, str]:
+    """Most specific first: exact names, then wildcards (longer first), then any."""
+    if hostname is None or hostname == "*":
+        return (2, 0, "")
+    if hostname.startswith("*."):
+        return (1, -len(hostname), hostname)
+    return (0, -len(hostname), hostname)
+
+
+def _host_acl(hostname: str | None) -> str | None:
+    """The ACL criterion on `txn.host` for a hostname pattern (None: any host)."""
+    if hostname is None or hostname == "*":
+        return None
+    escape.hostname(hostname)
+    if hostname.startswith("*."):
+        return f"var(txn.host) -m end -- {word(hostname[1:])}"
+    return f"var(txn.host) -m str -- {word(hostname)}"
+
+
+# -- durations and names ----------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
+_UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
+
+
+def duration_ms(value: str) -> int:
+    """A GEP-2257 duration (`1h30m`, `500ms`) in milliseconds."""
+    pos, total = 0, 0
+    if not value:
+        raise Unrepresentable("empty duration")
+    while pos < len(value):
+        m = _DURATION_PART.match(value, pos)
+        if m is None:
+            raise Unrepresentable(f"duration {value!r} is not a GEP-2257 duration")
+        total += int(m.group(1)) * _UNIT_MS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", text.replace("/", "."))[:48]
+
+
+def _short_hash(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
+
+
+def _addr(ip: str, port: int) -> str:
+    addr = ipaddress.ip_address(ip)
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def _lf(literal: str) -> str:
+    """A literal inside a log-format string we compose (before quoting)."""
+    return literal.replace("%", "%%")
+
+
+# -- the renderer -------------------------------------------------------------------------
+
+
+@dataclass
+class _Section:
+    header: str
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def text(self) -> str:
+        return "\n".join([self.header, *("    " + line for line in self.lines)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    backend: str | None  # None: the invalid share (500 / reject)
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class _BackendKey:
+    mode: str
+    service: str
+    endpoints: tuple[Backend, ...]
+    h2: bool
+    filters: tuple[RouteFilter, ...]
+    timeout_ms: int | None
+
+
+class _Renderer:
+    def __init__(
+        self,
+        run_dir: str,
+        rejected_certificates: dict[str, str],
+        excluded: frozenset[tuple[str, int | None]],
+    ) -> None:
+        self.run_dir = run_dir
+        self.rejected = rejected_certificates
+        self.excluded = excluded
+        self.problems: dict[tuple[str, int | None, str], None] = {}
+        self.files: dict[str, bytes] = {}
+        self.backends: dict[_BackendKey, _Section] = {}
+        self.bad_rules: set[tuple[str, int | None]] = set(excluded)
+        self.threads: int | None = None
+
+    def problem(self, route: str, rule: int | None, reason: str) -> None:
+        self.problems[(route, rule, reason)] = None
+
+    # -- top level ----------------------------------------------------------------------
+
+    def render(self, listeners: Sequence[L7Listener]) -> RenderedConfig:
+        usable = [ls for ls in listeners if self._listener_usable(ls)]
+        # Pass 1: find the rules whose values cannot be represented, so that
+        # every match of such a rule is left out everywhere.
+        for ls in usable:
+            for vh in ls.virtual_hosts:
+                try:
+                    _host_acl(vh.hostname)
+                except Unrepresentable as exc:
+                    for entry in vh.routes:
+                        self.bad_rules.add((entry.route, entry.rule))
+                        self.problem(entry.route, entry.rule, str(exc))
+                    continue
+                for entry in vh.routes:
+                    self._check_entry(ls, entry)
+            for tls in ls.tls_routes:
+                self._check_tls_entry(tls)
+        frontends = [
+            self._frontend(name, binds, group) for name, binds, group in self._groups(usable)
+        ]
+        sections = [self._global(), self._defaults(), self._health()]
+        sections.extend(frontends)
+        sections.extend(
+            self.backends[k] for k in sorted(self.backends, key=lambda k: self.backends[k].header)
+        )
+        text = (
+            "# generated by gatewaylb: do not edit\n"
+            + "\n\n".join(s.text() for s in sections)
+            + "\n"
+        )
+        problems = tuple(Problem(r, i, reason) for r, i, reason in self.problems)
+        return RenderedConfig(text, dict(self.files), problems)
+
+    def _listener_name(self, ls: L7Listener) -> str:
+        return f"Gateway {ls.gateway} listener {ls.listener}"
+
+    def _kind(self, ls: L7Listener) -> str | None:
+        if ls.protocol == "HTTP":
+            return HTTP
+        if ls.protocol == "HTTPS" and ls.tls_mode in (None, "Terminate"):
+            return HTTPS
+        if ls.protocol == "TLS" and ls.tls_mode == "Passthrough":
+            return PASSTHROUGH
+        if ls.protocol == "TLS" and ls.tls_mode in (None, "Terminate"):
+            return TERMINATE
+        return None
+
+    def _listener_usable(self, ls: L7Listener) -> bool:
+        name = self._listener_name(ls)
+        if self._kind(ls) is None:
+            self.problem(name, None, f"protocol {ls.protocol} mode {ls.tls_mode} is not supported")
+            return False
+        if not 1 <= ls.port <= 65535:
+            self.problem(name, None, f"port {ls.port} is out of range")
+            return False
+        try:
+            if ls.hostname is not None:
+                escape.hostname(ls.hostname)
+            for vip in ls.vips:
+                ipaddress.ip_address(vip)
+        except (Unrepresentable, ValueError) as exc:
+            self.problem(name, None, str(exc))
+            return False
+        if self._kind(ls) in (HTTPS, TERMINATE):
+            good = [c for c in ls.certificates if certificate_id(c) not in self.rejected]
+            for cert in ls.certificates:
+                reason = self.rejected.get(certificate_id(cert))
+                if reason is not None:
+                    self.problem(name, None, f"certificate {cert.secret}: {reason}")
+            if not good:
+                self.problem(name, None, "no usable certificate")
+                return False
+        return True
+
+    def _groups(self, listeners: list[L7Listener]) -> list[tuple[str, list[str], list[L7Listener]]]:
+        """(frontend name, bind addresses, listeners) for each distinct listener
+        set on a port; listeners of another kind on an occupied port are refused."""
+        by_bind: dict[tuple[str, int], list[L7Listener]] = {}
+        for ls in listeners:
+            for vip in ls.vips:
+                vip_c = str(ipaddress.ip_address(vip))
+                group = by_bind.setdefault((vip_c, ls.port), [])
+                if group and self._kind(group[0]) != self._kind(ls):
+                    self.problem(
+                        self._listener_name(ls),
+                        None,
+                        f"{vip}:{ls.port} already serves {group[0].protocol} listener "
+                        f"{group[0].gateway}/{group[0].listener}",
+                    )
+                    continue
+                if ls not in group:
+                    group.append(ls)
+        merged: dict[tuple[int, tuple[int, ...]], tuple[list[str], list[L7Listener]]] = {}
+        for (vip, port), group in by_bind.items():
+            key = (port, tuple(id(ls) for ls in group))
+            merged.setdefault(key, ([], group))[0].append(vip)
+        out = []
+        for (port, _), (vips, group) in merged.items():
+            ident = _short_hash(port, sorted(vips), [(ls.gateway, ls.listener) for ls in group])
+            out.append((f"fe_{port}_{ident}", [_addr(v, port) for v in sorted(vips)], group))
+        out.sort(key=lambda item: item[0])
+        return out
+
+    # -- fixed sections ----------------------------------------------------------------
+
+    def _global(self) -> _Section:
+        s = _Section("global")
+        stats = word(self.run_dir + "/" + STATS_SOCKET)
+        s.add(f"stats socket {stats} mode 600 level admin expose-fd listeners")
+        if self.threads:
+            s.add(f"nbthread {int(self.threads)}")
+        s.add(f"hard-stop-after {HARD_STOP_AFTER}")
+        s.add("mworker-max-reloads 50")
+        s.add("tune.ssl.default-dh-param 2048")
+        s.add("ssl-default-bind-options ssl-min-ver TLSv1.2")
+        return s
+
+    def _defaults(self) -> _Section:
+        s = _Section("defaults")
+        s.add("mode http")
+        s.add("timeout connect 5s")
+        s.add("timeout client 60s")
+        s.add(f"timeout server {DEFAULT_SERVER_TIMEOUT_MS}")
+        s.add("timeout http-request 10s")
+        s.add("timeout http-keep-alive 60s")
+        s.add("timeout tunnel 1h")
+        s.add("timeout client-fin 5s")
+        return s
+
+    def _health(self) -> _Section:
+        """A frontend on a unix socket: the worker's liveness probe, and a
+        listener so that a configuration without L7 listeners still runs."""
+        s = _Section("frontend gatewaylb_health")
+        s.add(f"bind {word('unix@' + self.run_dir + '/' + HEALTH_SOCKET)} mode 600")
+        s.add("http-request return status 200 content-type text/plain string ok")
+        return s
+
+    # -- validation pass -------------------------------------------------------------------
+
+    def _check_entry(self, ls: L7Listener, entry: HTTPRouteEntry) -> None:
+        if (entry.route, entry.rule) in self.bad_rules or (entry.route, None) in self.bad_rules:
+            return
+        try:
+            _EntryWriter(self, ls, entry, 0, dry_run=True).write()
+        except Unrepresentable as exc:
+            self.bad_rules.add((entry.route, entry.rule))
+            self.problem(entry.route, entry.rule, str(exc))
+
+    def _check_tls_entry(self, entry: TLSRouteEntry) -> None:
+        try:
+            for h in entry.hostnames:
+                _host_acl(h)
+            for svc in entry.backends.services:
+                _check_endpoints(svc)
+        except Unrepresentable as exc:
+            self.bad_rules.add((entry.route, None))
+            self.problem(entry.route, None, str(exc))
+
+    def _skip(self, route: str, rule: int | None) -> bool:
+        return (route, rule) in self.bad_rules or (route, None) in self.bad_rules
+
+    # -- frontends ---------------------------------------------------------------------
+
+    def _frontend(self, name: str, binds: list[str], listeners: list[L7Listener]) -> _Section:
+        kind = self._kind(listeners[0])
+        s = _Section(f"frontend {name}")
+        ordered = sorted(listeners, key=lambda ls: _host_key(ls.hostname))
+        port = listeners[0].port
+        comment = ", ".join(f"{ls.gateway}/{ls.listener}" for ls in ordered)
+        s.add(f"# {kind} port {port}: {comment}")
+        bind_opts = ""
+        if kind in (HTTPS, TERMINATE):
+            crt_list = self._crt_list(ordered)
+            alpn = " alpn h2,http/1.1" if kind == HTTPS else ""
+            bind_opts = f" ssl crt-list {word(self.run_dir + '/' + crt_list)}{alpn}"
+        s.add(f"mode {'http' if kind in (HTTP, HTTPS) else 'tcp'}")
+        for addr in binds:
+            s.add(f"bind {addr}{bind_opts}")
+        if kind in (HTTP, HTTPS):
+            # Hitless reloads: an old worker closes a keep-alive connection
+            # right after answering its next request, never while idle.
+            s.add("option idle-close-on-response")
+            s.add("option forwardfor")
+            _HTTPFrontend(self, s, ordered, port, "https" if kind == HTTPS else "http").write()
+        else:
+            _TCPFrontend(self, s, ordered, kind == PASSTHROUGH).write()
+        return s
+
+    def _crt_list(self, listeners: list[L7Listener]) -> str:
+        lines: list[str] = []
+        for ls in listeners:
+            for cert in ls.certificates:
+                if certificate_id(cert) in self.rejected:
+                    continue
+                path = certificate_file(cert)
+                self.files[path] = certificate_pem(cert)
+                # SNI filters: the listener's hostname; without one, the names
+                # in the certificate itself.
+                filt = f" {ls.hostname}" if ls.hostname else ""
+                lines.append(f"{self.run_dir}/{path}{filt}")
+        content = ("\n".join(lines) + "\n").encode()
+        name = f"{CERT_DIR}/crt-list-{hashlib.sha256(content).hexdigest()[:16]}.txt"
+        self.files[name] = content
+        return name
+
+    # -- backends ----------------------------------------------------------------------
+
+    def backend(
+        self,
+        mode: str,
+        svc: ServiceBackend,
+        *,
+        h2: bool = False,
+        timeout_ms: int | None = None,
+        filters: tuple[RouteFilter, ...] = (),
+    ) -> str:
+        key = _BackendKey(mode, svc.name, svc.endpoints, h2, filters, timeout_ms)
+        section = self.backends.get(key)
+        if section is None:
+            name = f"be_{_safe_name(svc.name)}_{_short_hash(key)}"
+            section = _Section(f"backend {name}")
+            section.add(f"mode {mode}")
+            section.add("balance roundrobin")
+            if timeout_ms is not None:
+                section.add(f"timeout server {timeout_ms}")
+            for flt in filters:
+                if flt.request_header_modifier is not None:
+                    for line in _header_lines("http-request", flt.request_header_modifier):
+                        section.add(line)
+                if flt.response_header_modifier is not None:
+                    for line in _header_lines("http-response", flt.response_header_modifier):
+                        section.add(line)
+            proto = " proto h2" if h2 else ""
+            for i, ep in enumerate(svc.endpoints):
+                weight = max(0, min(ep.weight, 256))
+                section.add(f"server s{i} {_addr(ep.ip, ep.port)} weight {weight}{proto}")
+            self.backends[key] = section
+        return section.header.split(" ", 1)[1]
+
+
+def _check_endpoints(svc: ServiceBackend) -> None:
+    for ep in svc.endpoints:
+        try:
+            ipaddress.ip_address(ep.ip)
+        except ValueError:
+            raise Unrepresentable(f"endpoint address {ep.ip!r} is not an IP address") from None
+        if not 1 <= ep.port <= 65535:
+            raise Unrepresentable(f"endpoint port {ep.port} is out of range")
+
+
+def _header_lines(directive: str, mod: HeaderModifier, cond: str = "") -> list[str]:
+    out = []
+    for verb, pairs in (("set-header", mod.set), ("add-header", mod.add)):
+        for name, value in pairs:
+            header = word(escape.fetch_arg_name(name))
+            out.append(f"{directive} {verb} {header} {escape.logformat(value)}{cond}")
+    for name in mod.remove:
+        out.append(f"{directive} del-header {word(escape.fetch_arg_name(name))}{cond}")
+    return out
+
+
+# -- HTTP frontends ---------------------------------------------------------------------------
+
+
+class _Selector:
+    """Listener, then virtual host / SNI name, selection on `txn.host`."""
+
+    def __init__(self, section: _Section, directive: str) -> None:
+        self.s = section
+        self.directive = directive  # http-request | tcp-request content
+        self.acls = 0
+
+    def acl(self, name: str, criterion: str) -> str:
+        self.s.add(f"acl {name} {criterion}")
+        return name
+
+    def listener_conditions(self, listeners: list[L7Listener]) -> list[str]:
+        """The condition naming each listener (in order), `is_lN` ACLs."""
+        if len(listeners) == 1:
+            return [""]
+        self.acl("lset", "var(txn.l) -m found")
+        out = []
+        for i, ls in enumerate(listeners):
+            crit = _host_acl(ls.hostname)
+            cond = ""
+            if crit is not None:
+                cond = " " + self.acl(f"lhost{i}", crit)
+            self.s.add(f"{self.directive} set-var(txn.l) int({i}) if !lset{cond}")
+            out.append(" " + self.acl(f"is_l{i}", f"var(txn.l) -m int {i}"))
+        return out
+
+
+class _HTTPFrontend:
+    def __init__(
+        self, r: _Renderer, s: _Section, listeners: list[L7Listener], port: int, scheme: str
+    ) -> None:
+        self.r, self.s, self.listeners, self.port, self.scheme = r, s, listeners, port, scheme
+
+    def write(self) -> None:
+        s = self.s
+        sel = _Selector(s, "http-request")
+        s.add("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
+        listener_conds = sel.listener_conditions(self.listeners)
+        sel.acl("vhset", "var(txn.vh) -m found")
+        sel.acl("rset", "var(txn.r) -m found")
+        entries: list[tuple[L7Listener, HTTPRouteEntry, int]] = []
+        vh_index = 0
+        for ls, lcond in zip(self.listeners, listener_conds, strict=True):
+            for vh in sorted(ls.virtual_hosts, key=lambda v: _host_key(v.hostname)):
+                try:
+                    crit = _host_acl(vh.hostname)
+                except Unrepresentable:
+                    continue  # reported by the validation pass
+                cond = lcond + (" " + sel.acl(f"vhost{vh_index}", crit) if crit else "")
+                s.add(f"http-request set-var(txn.vh) int({vh_index}) if !vhset{cond}")
+                is_vh = sel.acl(f"is_vh{vh_index}", f"var(txn.vh) -m int {vh_index}")
+                for entry in vh.routes:
+                    if self.r._skip(entry.route, entry.rule):
+                        continue
+                    e = len(entries)
+                    s.add(f"# entry {e}: {entry.route} rule {entry.rule}")
+                    conds = _EntryWriter(self.r, ls, entry, e).match_acls(sel)
+                    s.add(f"http-request set-var(txn.r) int({e}) if !rset {is_vh}{conds}")
+                    entries.append((ls, entry, e))
+                vh_index += 1
+        s.add("http-request return status 404 content-type text/plain string 'no route' if !rset")
+        use_backend: list[str] = []
+        for ls, entry, e in entries:
+            s.add(f"acl is_e{e} var(txn.r) -m int {e}")
+            writer = _EntryWriter(self.r, ls, entry, e)
+            for line in writer.actions():
+                s.add(line)
+            use_backend.extend(writer.use_backend)
+        for line in use_backend:
+            s.add(line)
+
+
+class _EntryWriter:
+    """The ACLs, actions and backend choice of one HTTP route entry."""
+
+    def __init__(
+        self, r: _Renderer, ls: L7Listener, entry: HTTPRouteEntry, index: int, dry_run: bool = False
+    ) -> None:
+        self.r, self.ls, self.entry, self.e = r, ls, entry, index
+        self.dry_run = dry_run
+        self.use_backend: list[str] = []
+
+    def write(self) -> None:
+        """Validate everything (dry run): raises Unrepresentable."""
+        sel = _Selector(_Section("frontend dry-run"), "http-request")
+        self.match_acls(sel)
+        self.actions()
+
+    # -- matching ------------------------------------------------------------------------
+
+    def match_acls(self, sel: _Selector) -> str:
+        m: HTTPMatch = self.entry.match
+        e = self.e
+        conds: list[str] = []
+        path_crits = _path_criteria(m)
+        if path_crits:
+            for crit in path_crits:
+                sel.acl(f"e{e}_path", crit)
+            conds.append(f"e{e}_path")
+        for i, h in enumerate(m.headers):
+            fetch = word(f"req.fhdr({escape.fetch_arg_name(h.name)})")
+            conds.append(sel.acl(f"e{e}_h{i}", f"{fetch} {_string_criterion(h.type, h.value)}"))
+        for i, q in enumerate(m.query_params):
+            fetch = word(f"urlp({escape.fetch_arg_name(q.name)})")
+            conds.append(sel.acl(f"e{e}_q{i}", f"{fetch} {_string_criterion(q.type, q.value)}"))
+        if m.method is not None:
+            if not re.fullmatch(r"[A-Z]{1,16}", m.method):
+                raise Unrepresentable(f"method {m.method!r} is not an HTTP method")
+            conds.append(sel.acl(f"e{e}_m", f"method -m str -- {word(m.method)}"))
+        return "".join(" " + c for c in conds)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def actions(self) -> list[str]:
+        entry, e = self.entry, self.e
+        cond = f" if is_e{e}"
+        out: list[str] = []
+        redirected = False
+        for flt in entry.filters:
+            if flt.type not in SUPPORTED_FILTERS:
+                raise Unrepresentable(f"the {flt.type} filter is not supported")
+            if flt.request_header_modifier is not None:
+                out.extend(_header_lines("http-request", flt.request_header_modifier, cond))
+            elif flt.response_header_modifier is not None:
+                out.extend(_header_lines("http-response", flt.response_header_modifier, cond))
+            elif flt.url_rewrite is not None:
+                rw = flt.url_rewrite
+                if rw.hostname is not None:
+                    host = escape.hostname(rw.hostname, wildcard=False)
+                    out.append(f"http-request set-header host {word(host)}{cond}")
+                if rw.path is not None:
+                    out.extend(self._path_rewrite(rw.path, cond))
+            elif flt.request_redirect is not None:
+                out.extend(self._redirect(flt, cond))
+                redirected = True
+        for svc in entry.backends.services:
+            _check_endpoints(svc)
+            for flt in svc.filters:
+                if flt.type not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                    raise Unrepresentable(f"the {flt.type} filter is not supported on a backendRef")
+                mod = flt.request_header_modifier or flt.response_header_modifier
+                if mod is not None:
+                    _header_lines("http-request", mod)
+        timeout = self._timeout_ms()
+        if redirected:
+            return out
+        out.extend(self._backend_choice(cond, timeout))
+        return out
+
+    def _timeout_ms(self) -> int | None:
+        t = self.entry.timeouts
+        if t is None:
+            return None
+        values = [duration_ms(v) for v in (t.request, t.backend_request) if v is not None]
+        positive = [v for v in values if v > 0]  # 0 disables the timeout
+        return min(positive) if positive else None
+
+    def _backend_choice(self, cond: str, timeout: int | None) -> list[str]:
+        e = self.e
+        backends = self.entry.backends
+        choices: list[_Choice] = []
+        for svc in backends.services:
+            if svc.weight <= 0:
+                continue
+            h2 = self.entry.grpc or svc.app_protocol == H2C
+            name = (
+                "dry-run"
+                if self.dry_run
+                else self.r.backend("http", svc, h2=h2, timeout_ms=timeout, filters=svc.filters)
+            )
+            choices.append(_Choice(name, svc.weight))
+        if backends.invalid_weight > 0:
+            choices.append(_Choice(None, backends.invalid_weight))
+        out: list[str] = []
+        if not choices:
+            # No backend at all (no backendRefs, every weight 0): 500.
+            out.append(f"http-request return status 500{cond}")
+            return out
+        if len(choices) == 1:
+            only = choices[0]
+            if only.backend is None:
+                out.append(f"http-request return status 500{cond}")
+            else:
+                self.use_backend.append(f"use_backend {only.backend}{cond}")
+            return out
+        total = sum(c.weight for c in choices)
+        out.append(f"http-request set-var(txn.pick) rand({total}){cond}")
+        low = 0
+        for i, choice in enumerate(choices):
+            high = low + choice.weight - 1
+            out.append(f"acl e{e}_w{i} var(txn.pick) -m int {low}:{high}")
+            if choice.backend is None:
+                out.append(f"http-request return status 500{cond} e{e}_w{i}")
+            else:
+                self.use_backend.append(f"use_backend {choice.backend}{cond} e{e}_w{i}")
+            low = high + 1
+        return out
+
+    def _prefix(self) -> str:
+        m = self.entry.match
+        if m.path_type != "PathPrefix":
+            raise Unrepresentable("ReplacePrefixMatch needs a PathPrefix match")
+        return m.path.rstrip("/")
+
+    def _path_rewrite(self, mod: PathModifier, cond: str) -> list[str]:
+        if mod.type == "ReplaceFullPath":
+            path = escape.target_path(mod.value or "/")
+            return [f"http-request set-path {escape.logformat(path)}{cond}"]
+        if mod.type != "ReplacePrefixMatch":
+            raise Unrepresentable(f"path modifier {mod.type!r} is not supported")
+        prefix = self._prefix()
+        escape.target_path(prefix or "/")
+        replacement = escape.target_path(mod.value or "/").rstrip("/")
+        rx = escape.regex_literal(prefix)
+        rep = _lf(replacement)
+        if not prefix:
+            # Prefix "/": every path.  "/" itself becomes the replacement.
+            if not replacement:
+                return []
+            return [
+                f"http-request replace-path {word('^(/.+)$')} {word(rep + chr(92) + '1')}{cond}",
+                f"http-request replace-path {word('^/$')} {word(rep)}{cond}",
+            ]
+        if replacement:
+            pattern = word("^" + rx + "(/.*)?$")
+            return [f"http-request replace-path {pattern} {word(rep + chr(92) + '1')}{cond}"]
+        # Replacement "/": the exact prefix becomes "/", the rest keeps its
+        # leading slash.  In this order neither rule can match the other's output.
+        return [
+            f"http-request replace-path {word('^' + rx + '$')} '/'{cond}",
+            f"http-request replace-path {word('^' + rx + '(/.*)$')} {word(chr(92) + '1')}{cond}",
+        ]
+
+    def _redirect(self, flt: RouteFilter, cond: str) -> list[str]:
+        rd = flt.request_redirect
+        assert rd is not None
+        if rd.status_code not in (301, 302, 303, 307, 308):
+            raise Unrepresentable(f"redirect status {rd.status_code} is not supported")
+        out: list[str] = []
+        if rd.path is not None:
+            out.extend(self._path_rewrite(rd.path, cond))
+        scheme = rd.scheme or _listener_scheme(self.ls)
+        if scheme not in ("http", "https"):
+            raise Unrepresentable(f"redirect scheme {scheme!r} is not supported")
+        if rd.port is not None:
+            if not 1 <= rd.port <= 65535:
+                raise Unrepresentable(f"redirect port {rd.port} is out of range")
+            port = rd.port
+        elif rd.scheme is not None:
+            port = 443 if scheme == "https" else 80
+        else:
+            port = self.ls.port
+        host = "%[var(txn.host)]"
+        if rd.hostname is not None:
+            host = _lf(escape.hostname(rd.hostname, wildcard=False))
+        well_known = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+        port_part = "" if well_known else f":{port}"
+        location = f"{scheme}://{host}{port_part}%[pathq]"
+        out.append(f"http-request redirect location {word(location)} code {rd.status_code}{cond}")
+        return out
+
+
+def _listener_scheme(ls: L7Listener) -> str:
+    return "https" if ls.protocol == "HTTPS" else "http"
+
+
+def _path_criteria(m: HTTPMatch) -> list[str]:
+    """The OR-ed ACL criteria for a path match ([] = any path)."""
+    if m.path_type == "Exact":
+        escape.word(m.path)
+        return [f"path -m str -- {word(m.path)}"]
+    if m.path_type == "PathPrefix":
+        prefix = m.path.rstrip("/")
+        if not m.path.startswith("/"):
+            raise Unrepresentable(f"path prefix {m.path!r} must start with '/'")
+        if not prefix:
+            return []
+        # Segment-aware: /foo matches /foo and /foo/..., never /foobar.
+        return [f"path -m str -- {word(prefix)}", f"path -m beg -- {word(prefix + '/')}"]
+    if m.path_type == "RegularExpression":
+        return [f"path -m reg -- {word(escape.anchored_regex(m.path))}"]
+    raise Unrepresentable(f"path match type {m.path_type!r} is not supported")
+
+
+def _string_criterion(kind: str, value: str) -> str:
+    if kind == "Exact":
+        return f"-m str -- {word(value)}"
+    if kind == "RegularExpression":
+        return f"-m reg -- {word(escape.anchored_regex(value))}"
+    raise Unrepresentable(f"match type {kind!r} is not supported")
+
+
+# -- TLS (mode tcp) frontends -----------------------------------------------------------------
+
+
+class _TCPFrontend:
+    def __init__(
+        self, r: _Renderer, s: _Section, listeners: list[L7Listener], passthrough: bool
+    ) -> None:
+        self.r, self.s, self.listeners, self.passthrough = r, s, listeners, passthrough
+
+    def write(self) -> None:
+        s, d = self.s, "tcp-request content"
+        sel = _Selector(s, d)
+        if self.passthrough:
+            s.add(f"tcp-request inspect-delay {TLS_INSPECT_DELAY}")
+            sel.acl("tls_hello", "req.ssl_hello_type 1")
+            s.add(f"{d} reject if !tls_hello")
+            s.add(f"{d} set-var(txn.host) req.ssl_sni,lower")
+        else:
+            s.add(f"{d} set-var(txn.host) ssl_fc_sni,lower")
+        listener_conds = sel.listener_conditions(self.listeners)
+        sel.acl("rset", "var(txn.r) -m found")
+        targets: list[tuple[str, BackendSet]] = []
+        for ls, lcond in zip(self.listeners, listener_conds, strict=True):
+            pairs: list[tuple[str, int]] = []
+            for entry in ls.tls_routes:
+                if self.r._skip(entry.route, None):
+                    continue
+                idx = len(targets)
+                targets.append((entry.route, entry.backends))
+                pairs.extend((h, idx) for h in entry.hostnames)
+            for n, (hostname, idx) in enumerate(sorted(pairs, key=lambda p: _host_key(p[0]))):
+                crit = _host_acl(hostname)
+                cond = lcond + (" " + sel.acl(f"sni{idx}_{n}", crit) if crit else "")
+                s.add(f"{d} set-var(txn.r) int({idx}) if !rset{cond}")
+            if ls.tcp_backends is not None and not self.passthrough:
+                idx = len(targets)
+                targets.append((f"{ls.gateway}/{ls.listener} TCPRoute", ls.tcp_backends))
+                s.add(f"{d} set-var(txn.r) int({idx}) if !rset{lcond}")
+        s.add(f"{d} reject if !rset")
+        use_backend: list[str] = []
+        for idx, (_, backends) in enumerate(targets):
+            cond = f" if is_e{idx}"
+            s.add(f"acl is_e{idx} var(txn.r) -m int {idx}")
+            choices = [
+                _Choice(self.r.backend("tcp", svc), svc.weight)
+                for svc in backends.services
+                if svc.weight > 0
+            ]
+            if backends.invalid_weight > 0:
+                choices.append(_Choice(None, backends.invalid_weight))
+            if not choices:
+                s.add(f"{d} reject{cond}")
+                continue
+            if len(choices) == 1:
+                if choices[0].backend is None:
+                    s.add(f"{d} reject{cond}")
+                else:
+                    use_backend.append(f"use_backend {choices[0].backend}{cond}")
+                continue
+            total = sum(c.weight for c in choices)
+            s.add(f"{d} set-var(txn.pick) rand({total}){cond}")
+            low = 0
+            for i, choice in enumerate(choices):
+                high = low + choice.weight - 1
+                s.add(f"acl e{idx}_w{i} var(txn.pick) -m int {low}:{high}")
+                if choice.backend is None:
+                    s.add(f"{d} reject{cond} e{idx}_w{i}")
+                else:
+                    use_backend.append(f"use_backend {choice.backend}{cond} e{idx}_w{i}")
+                low = high + 1
+        for line in use_backend:
+            s.add(line)
+
+
+def all_routes(listeners: Iterable[L7Listener]) -> set[str]:
+    """Every route name the listeners carry (for callers mapping problems)."""
+    out: set[str] = set()
+    for ls in listeners:
+        for vh in ls.virtual_hosts:
+            out.update(e.route for e in vh.routes)
+        out.update(t.route for t in ls.tls_routes)
+    return out

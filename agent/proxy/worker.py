@@ -1,0 +1,527 @@
+"""The HAProxy master-worker process the agent owns, and its reloads.
+
+Everything lives under one run directory (default /run/gatewaylb/proxy):
+
+    haproxy.cfg     the configuration in force (replaced atomically)
+    haproxy.pid     the master's pid
+    master.sock     the master CLI (`reload`, `show proc`, `@1 <cmd>`)
+    stats.sock      the worker's runtime API; `expose-fd listeners` lets a new
+                    worker take over the listening sockets on reload
+    health.sock     a tiny HTTP frontend answering 200 (liveness)
+    certs/          certificate+key PEM files and crt-lists, content-addressed
+
+`apply(listeners)` renders, writes certificates, checks the candidate with
+`haproxy -c`, and only then replaces haproxy.cfg and reloads through the master
+socket, waiting until the new worker runs.  A candidate that fails the check
+leaves the previous configuration in force; the routes responsible are found
+by bisection, left out and reported, so one bad route cannot block the others.
+
+The master is started daemonised (`-W -D`): it is not the agent's child, so an
+agent that exits or crashes leaves traffic flowing, and a restarted agent
+adopts it (pidfile + live master socket) instead of starting a second one.
+This never uses the system haproxy service or its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.proxy.render import (
+    CERT_DIR,
+    HEALTH_SOCKET,
+    Problem,
+    RenderedConfig,
+    all_routes,
+    certificate_id,
+    certificate_pem,
+    render,
+)
+from agent.state import L7Listener, TLSCertificate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_DIR = "/run/gatewaylb/proxy"
+CONFIG = "haproxy.cfg"
+PIDFILE = "haproxy.pid"
+MASTER_SOCKET = "master.sock"
+
+
+class ProxyError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What `apply` did.
+
+    ok: the configuration for the given listeners (less `problems`) is in force.
+    changed: HAProxy was started or reloaded.
+    problems: routes/rules/listeners left out, with the reason (for status).
+    error: why the new configuration is not in force (the previous one is).
+    """
+
+    ok: bool
+    changed: bool
+    problems: tuple[Problem, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcEntry:
+    pid: int
+    kind: str  # master | worker
+    reloads: int
+    failed: int = 0  # the master's failed reloads
+
+
+class ProxyWorker:
+    """Owns one HAProxy master-worker instance rooted at `run_dir`.
+
+    Thread-safe.  `netns` (a name under /run/netns) runs HAProxy in that network
+    namespace; by default it runs in the agent's own.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path = DEFAULT_RUN_DIR,
+        *,
+        haproxy: str = "haproxy",
+        netns: str | None = None,
+        reload_timeout: float = 10.0,
+        threads: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.haproxy = haproxy
+        self.netns = netns
+        self.reload_timeout = reload_timeout
+        self.threads = threads
+        self._lock = threading.RLock()
+        self._cert_verdicts: dict[str, str | None] = {}
+        self._next_start = 0.0
+        self._backoff = 0.5
+        self._last_listeners: tuple[L7Listener, ...] = ()
+        self.reloads = 0
+
+    # -- paths ---------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / CONFIG
+
+    @property
+    def master_socket(self) -> Path:
+        return self.run_dir / MASTER_SOCKET
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / PIDFILE
+
+    @property
+    def health_socket(self) -> Path:
+        return self.run_dir / HEALTH_SOCKET
+
+    # -- public API --------------------------------------------------------------------------
+
+    def apply(self, listeners: Sequence[L7Listener]) -> ApplyResult:
+        """Make HAProxy serve `listeners`; start it if it does not run."""
+        with self._lock:
+            self._last_listeners = tuple(listeners)
+            self._prepare_dirs()
+            rejected = self._check_certificates(listeners)
+            rendered = self._render(listeners, rejected)
+            self._write_files(rendered)
+            running = self.running()
+            current = self._read_config()
+            if running and current == rendered.text:
+                return ApplyResult(True, False, rendered.problems)
+            error = self._check(rendered.text)
+            if error is not None:
+                log.warning("proxy configuration check failed, isolating: %s", error)
+                rendered, error = self._isolate(listeners, rejected, error)
+                if error is not None:
+                    return ApplyResult(False, False, rendered.problems, error)
+                self._write_files(rendered)
+                if running and current == rendered.text:
+                    return ApplyResult(True, False, rendered.problems)
+            self._install(rendered.text)
+            try:
+                if running:
+                    self._reload()
+                else:
+                    self._start()
+            except ProxyError as exc:
+                return ApplyResult(False, True, rendered.problems, str(exc))
+            self._collect_files(rendered)
+            return ApplyResult(True, True, rendered.problems)
+
+    def running(self) -> bool:
+        """Is a master of ours alive and answering on its socket?"""
+        pid = self.master_pid()
+        if pid is None:
+            return False
+        try:
+            out = self.command("show proc", timeout=2.0)
+        except ProxyError:
+            return False
+        return any(p.kind == "worker" for p in _parse_show_proc(out))
+
+    def ensure_running(self) -> bool:
+        """Restart HAProxy with the last configuration if it died (with back-off)."""
+        with self._lock:
+            if self.running():
+                self._backoff = 0.5
+                return True
+            now = time.monotonic()
+            if now < self._next_start:
+                return False
+            self._next_start = now + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+            log.warning("proxy: HAProxy is not running; starting it")
+            try:
+                if not self.config_path.exists():
+                    self.apply(self._last_listeners)
+                else:
+                    self._kill_stale()
+                    self._start()
+            except ProxyError as exc:
+                log.error("proxy: start failed: %s", exc)
+                return False
+            return self.running()
+
+    def master_pid(self) -> int | None:
+        """The pid of our live master (pidfile, process alive, our config)."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if not cmdline or not cmdline[0].endswith(b"haproxy"):
+            return None
+        if str(self.config_path).encode() not in cmdline:
+            return None
+        return pid
+
+    def processes(self) -> list[ProcEntry]:
+        return _parse_show_proc(self.command("show proc"))
+
+    def command(self, cmd: str, timeout: float = 5.0) -> str:
+        """One master CLI command; the answer (prefix `@1 ` for the worker)."""
+        return _socket_command(self.master_socket, cmd, timeout)
+
+    def stop(self, remove_files: bool = False) -> None:
+        """Stop the master and its workers (ours only), then optionally remove
+        the run directory's files."""
+        with self._lock:
+            pid = self.master_pid()
+            workers: list[int] = []
+            if pid is not None:
+                with contextlib.suppress(ProxyError):
+                    workers = [p.pid for p in self.processes() if p.kind == "worker"]
+                _terminate(pid, timeout=5.0)
+            for wpid in workers:
+                if _is_haproxy(wpid):
+                    _terminate(wpid, timeout=2.0)
+            if remove_files:
+                for name in (CONFIG, CONFIG + ".new", PIDFILE, MASTER_SOCKET, "stats.sock"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+                self.health_socket.unlink(missing_ok=True)
+                certs = self.run_dir / CERT_DIR
+                if certs.is_dir():
+                    for f in certs.iterdir():
+                        f.unlink(missing_ok=True)
+                    certs.rmdir()
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        if self.netns is None:
+            return argv
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
+
+    def _prepare_dirs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.run_dir / CERT_DIR).mkdir(exist_ok=True, mode=0o700)
+
+    def _read_config(self) -> str | None:
+        try:
+            return self.config_path.read_text()
+        except OSError:
+            return None
+
+    def _check_certificates(self, listeners: Sequence[L7Listener]) -> dict[str, str]:
+        """Load each certificate+key as OpenSSL would; reasons for the bad ones."""
+        rejected: dict[str, str] = {}
+        for ls in listeners:
+            for cert in ls.certificates:
+                cid = certificate_id(cert)
+                if cid not in self._cert_verdicts:
+                    self._cert_verdicts[cid] = self._load_certificate(cert)
+                verdict = self._cert_verdicts[cid]
+                if verdict is not None:
+                    rejected[cid] = verdict
+        return rejected
+
+    def _load_certificate(self, cert: TLSCertificate) -> str | None:
+        fd, path = tempfile.mkstemp(dir=self.run_dir / CERT_DIR, suffix=".check")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(certificate_pem(cert))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(path)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return f"unusable certificate or key: {exc}"
+        finally:
+            os.unlink(path)
+        return None
+
+    def _write_files(self, rendered: RenderedConfig) -> None:
+        for rel, data in rendered.files.items():
+            path = self.run_dir / rel
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except OSError:
+                pass
+            _atomic_write(path, data, 0o600)
+
+    def _collect_files(self, rendered: RenderedConfig) -> None:
+        """Remove certificate files no configuration refers to any more (the
+        old workers loaded theirs at start)."""
+        keep = {self.run_dir / rel for rel in rendered.files}
+        for f in (self.run_dir / CERT_DIR).iterdir():
+            if f not in keep:
+                f.unlink(missing_ok=True)
+
+    def _check(self, text: str) -> str | None:
+        candidate = self.run_dir / (CONFIG + ".new")
+        _atomic_write(candidate, text.encode(), 0o600)
+        proc = subprocess.run(
+            [self.haproxy, "-c", "-f", str(candidate)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return None
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "ALERT" in ln]
+        return "; ".join(lines)[:2000] or f"haproxy -c failed (rc={proc.returncode})"
+
+    def _isolate(
+        self, listeners: Sequence[L7Listener], rejected: dict[str, str], error: str
+    ) -> tuple[RenderedConfig, str | None]:
+        """Find the routes whose configuration HAProxy refuses (bisection over
+        routes) and render without them."""
+        routes = sorted(all_routes(listeners))
+
+        def check(included: list[str]) -> bool:
+            excluded = frozenset((r, None) for r in routes if r not in included)
+            rc = self._render(listeners, rejected, excluded)
+            self._write_files(rc)
+            return self._check(rc.text) is None
+
+        if not check([]):
+            rc = self._render(listeners, rejected)
+            return rc, f"configuration refused without any route: {error}"
+        bad: list[str] = []
+
+        def bisect(group: list[str], base: list[str]) -> None:
+            if check(base + group):
+                base.extend(group)
+                return
+            if len(group) == 1:
+                bad.append(group[0])
+                return
+            half = len(group) // 2
+            bisect(group[:half], base)
+            bisect(group[half:], base)
+
+        bisect(routes, [])
+        rc = self._render(listeners, rejected, frozenset((r, None) for r in bad))
+        problems = list(rc.problems) + [
+            Problem(r, None, f"HAProxy refused the configuration of this route: {error}")
+            for r in bad
+        ]
+        rc = RenderedConfig(rc.text, rc.files, tuple(problems))
+        final = self._check(rc.text)
+        return rc, final
+
+    def _render(
+        self,
+        listeners: Sequence[L7Listener],
+        rejected: dict[str, str],
+        excluded: frozenset[tuple[str, int | None]] = frozenset(),
+    ) -> RenderedConfig:
+        return render(
+            listeners,
+            str(self.run_dir),
+            rejected_certificates=rejected,
+            excluded_rules=excluded,
+            threads=self.threads,
+        )
+
+    def _install(self, text: str) -> None:
+        _atomic_write(self.config_path, text.encode(), 0o600)
+
+    def _start(self) -> None:
+        self._kill_stale()
+        self.master_socket.unlink(missing_ok=True)
+        argv = self._argv(
+            [
+                self.haproxy,
+                "-W",
+                "-D",
+                "-S",
+                f"{self.master_socket},level,admin",
+                "-f",
+                str(self.config_path),
+                "-p",
+                str(self.pidfile),
+            ]
+        )
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise ProxyError(f"haproxy did not start (rc={proc.returncode}): {proc.stderr[-2000:]}")
+        deadline = time.monotonic() + self.reload_timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                log.info("proxy: HAProxy master %s started", self.master_pid())
+                return
+            time.sleep(0.02)
+        raise ProxyError("haproxy started but its master socket does not answer")
+
+    def _reload(self) -> None:
+        before = _master_reloads(self.processes())
+        self.command("reload")
+        deadline = time.monotonic() + self.reload_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                out = self.command("show proc", timeout=2.0)
+            except ProxyError as exc:
+                last = str(exc)  # the master is re-executing itself
+                continue
+            procs = _parse_show_proc(out)
+            after = _master_reloads(procs)
+            if after is None or before is None or after[0] <= before[0]:
+                continue
+            if after[1] > before[1]:
+                raise ProxyError("haproxy reload failed; the previous configuration stays")
+            if any(p.kind == "worker" and p.reloads == 0 for p in procs):
+                self.reloads += 1
+                return
+        raise ProxyError(f"haproxy reload did not complete in time {last}".strip())
+
+    def _kill_stale(self) -> None:
+        """A master of ours that no longer answers (hung): stop it before a new one."""
+        pid = self.master_pid()
+        if pid is not None:
+            _terminate(pid, timeout=2.0)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _socket_command(path: Path, cmd: str, timeout: float) -> str:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(cmd.encode() + b"\n")
+            # The master CLI answers only once the client half-closes.
+            s.shutdown(socket.SHUT_WR)
+            chunks = []
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    except OSError as exc:
+        raise ProxyError(f"master socket {path}: {exc}") from None
+    return b"".join(chunks).decode(errors="replace")
+
+
+# `<pid> <type> <reloads> [failed: N] <uptime> <version>` (failed: master only).
+_SHOW_PROC = re.compile(r"^(\d+)\s+(\w+)\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?")
+
+
+def _parse_show_proc(out: str) -> list[ProcEntry]:
+    procs = []
+    for line in out.splitlines():
+        m = _SHOW_PROC.match(line)
+        if m is not None:
+            failed = int(m.group(4)) if m.group(4) else 0
+            procs.append(ProcEntry(int(m.group(1)), m.group(2), int(m.group(3)), failed))
+    return procs
+
+
+def _master_reloads(procs: list[ProcEntry]) -> tuple[int, int] | None:
+    for p in procs:
+        if p.kind == "master":
+            return (p.reloads, p.failed)
+    return None
+
+
+def _is_haproxy(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"haproxy")
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    # A zombie (our own unreaped child) is not alive.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
