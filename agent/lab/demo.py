@@ -1,16 +1,17 @@
 """`gatewaylb demo`: the agent on example manifests, in a throwaway lab.
 
-Builds the standard lab (client, node, two echo backends), runs `gatewaylb run`
-in the node namespace on examples/l4, sends new TCP connections and UDP
-requests from the client to the Gateway's VIP, prints which backend answered
-how often against the route weights, and removes everything.  Exit status 0
-means every request was answered, by the backends the routes name, in the
-proportions the weights set.
+Builds the standard lab (client, node, two backends running a TCP/UDP echo and
+an HTTP echo), runs `gatewaylb run` in the node namespace on examples/demo,
+sends new TCP connections, UDP requests and HTTP requests from the client to
+the Gateway's VIP, prints which backend answered how often against the route
+weights, and removes everything.  Exit status 0 means every request was
+answered, by the backends the routes name, in the proportions the weights set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -29,12 +30,14 @@ from agent.dataplane.select import resolve_mode
 from agent.lab.netns import exec_argv
 from agent.lab.topology import Lab
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "l4"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
 VIP = "10.99.0.10"
 FRONTEND_PORT = 7000
 BACKEND_PORT = 8000
 METRICS = "127.0.0.1:19470"
-# Which lab backend plays which Service of examples/l4, and its route weight.
+HTTP_PORT = 8080
+HTTP_BACKEND_PORT = 9000
+# Which lab backend plays which Service of examples/demo, and its route weight.
 SERVICES = {"be1": ("echo-blue", 3), "be2": ("echo-green", 1)}
 REQUESTS = 1000
 # 1000 draws at p=0.75: sd ~14; 5 sd either way is far past chance.
@@ -76,6 +79,15 @@ def _udp(n: int) -> Tally:
     return Tally("UDP", answers, time.monotonic() - t0)
 
 
+def _http_tally(n: int) -> Tally:
+    answers: Counter[str] = Counter()
+    t0 = time.monotonic()
+    for _ in range(n):
+        code, body = _http(f"http://{VIP}:{HTTP_PORT}/")
+        answers[json.loads(body)["name"] if code == 200 else f"failed (HTTP {code})"] += 1
+    return Tally("HTTP", answers, time.monotonic() - t0)
+
+
 def _http(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -86,11 +98,13 @@ def _http(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def _report(tally: Tally) -> bool:
+def _report(tally: Tally, via: str = "") -> bool:
     total_weight = sum(w for _, w in SERVICES.values())
+    port = HTTP_PORT if tally.protocol == "HTTP" else FRONTEND_PORT
+    what = "requests" if tally.protocol == "HTTP" else "new flows"
     click.echo(
-        f"\n{tally.protocol}: {sum(tally.answers.values())} new flows to {VIP}:{FRONTEND_PORT} "
-        f"in {tally.elapsed:.2f}s"
+        f"\n{tally.protocol}: {sum(tally.answers.values())} {what} to {VIP}:{port} "
+        f"in {tally.elapsed:.2f}s{' (' + via + ')' if via else ''}"
     )
     click.echo(f"  {'backend':<28} {'answers':>8} {'share':>7} {'weight share':>13}")
     ok = True
@@ -141,6 +155,8 @@ def run_demo(dataplane: str = "auto") -> int:
 def _run(lab: Lab, tmp: Path, mode: str, extra: list[str]) -> int:
     for backend in lab.backends:
         lab.start_echo(backend, tcp=BACKEND_PORT, udp=BACKEND_PORT)
+        http = [sys.executable, "-m", "agent.lab.httpecho", "--name", backend.role]
+        lab.popen(backend, [*http, "--port", str(HTTP_BACKEND_PORT)], stdout=subprocess.DEVNULL)
     status_file = Path(tmp) / "status.json"
     log_file = Path(tmp) / "agent.log"
     argv = [
@@ -157,6 +173,8 @@ def _run(lab: Lab, tmp: Path, mode: str, extra: list[str]) -> int:
         METRICS,
         "--status-file",
         str(status_file),
+        "--run-dir",
+        str(tmp / "run"),
     ]
     click.echo(f"starting the agent in {lab.node.ns}: gatewaylb run --manifests {EXAMPLES}")
     with log_file.open("wb") as log:
@@ -171,6 +189,15 @@ def _run(lab: Lab, tmp: Path, mode: str, extra: list[str]) -> int:
 
     ok = _report(lab.call(lab.client, _tcp, REQUESTS))
     ok &= _report(lab.call(lab.client, _udp, REQUESTS))
+    ok &= _report(lab.call(lab.client, _http_tally, REQUESTS), via="HAProxy, HTTPRoute rule 2")
+    code, body = lab.call(lab.client, _http, f"http://{VIP}:{HTTP_PORT}/green/x")
+    answer = json.loads(body)["name"] if code == 200 else f"HTTP {code}"
+    green = answer == "be2"
+    click.echo(
+        f"  GET /green/x -> {answer} (HTTPRoute rule 1 sends /green to echo-green): "
+        f"{'ok' if green else 'WRONG'}"
+    )
+    ok &= green
 
     click.echo("\nwhat the kernel holds (gatewaylb status):")
     status_argv = [sys.executable, "-m", "agent", "status", *extra[:2]]
