@@ -27,7 +27,8 @@ from helpers import CONTROLLER, GW_GROUP, gateway_class, secret
 from agent.model.snapshot import build_snapshot
 from agent.translate import Translation, translate
 
-ROOT = Path("/work/shared/gateway-api/conformance")
+# shared/ sits beside the repository (in CI too): ../shared/gateway-api.
+ROOT = Path(__file__).resolve().parents[3] / "shared" / "gateway-api" / "conformance"
 BASE = ROOT / "base" / "manifests.yaml"
 TESTS = ROOT / "tests"
 INFRA = "gateway-conformance-infra"
