@@ -10,26 +10,35 @@ into a lab namespace.
 
 The rendering is pure and lives in `nft_rules`; this module keeps what is
 programmed, works out what changed (in time proportional to the change, not to
-the number of frontends) and applies it as ONE libnftables JSON transaction.  An
-unchanged state issues no transaction.
+the number of frontends) and applies it as ONE libnftables transaction, written
+as nft text (at 10k frontends libnftables evaluates text in ~60% of the time it
+takes for the same JSON).  An unchanged state issues no transaction.  Reads
+(adoption, `programmed`, `read_counters`) dump the kernel's objects over netlink
+directly (`NetlinkReader`), with libnftables JSON listings as the fallback.
 
 Costs that shaped it (libnftables 1.0.6, kernel 6.18, 10k frontends; see
 bench/nft_scale.py): every write command makes libnftables dump all chains and
 sets of the namespace first (not filtered by table in 1.0.6), and the kernel
 re-validates, at commit, every chain of each table a goto/dnat was added to.
 Sharding bounds the second; having no per-frontend count chains halves the
-first.  `list tables` fills the FULL cache in 1.0.6 (every rule of every table):
-table names come from a plain netlink dump instead.
+first.  `list tables` fills the FULL cache in 1.0.6 (every rule of every table),
+and printing JSON listings dominates reading them: reads use netlink instead.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import nftables
 
@@ -50,10 +59,355 @@ _NO_COUNTERS: CounterState = (False, frozenset())
 NFPROTO_INET = 1
 # read_counters() is called by every scrape; scrapes closer than this share a read.
 COUNTER_TTL = 1.0
+T = TypeVar("T")
 
 
 class NftablesError(RuntimeError):
     pass
+
+
+# -- reading the kernel over netlink -------------------------------------------------
+#
+# Reads bypass libnftables: at 10k frontends, `list set` of the 40k-element backend
+# counter set spends ~0.9 s printing JSON, and listing the shard tables ~2.5 s.
+# Dumping the same objects straight from nf_tables over NETLINK_NETFILTER and
+# parsing only the attributes used (set element keys, data and counters; rule
+# comments; chain names) takes a fraction of that.  A read spans several dumps;
+# it is retried when the ruleset generation changed during it, so it is one
+# consistent snapshot.
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
+NFT_MSG_GETSETELEM, NFT_MSG_GETGEN = 13, 16
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x4, 0x300, 0x10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_TYPE_MASK = 0x3FFF
+NFT_GOTO = -4
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_BE32 = struct.Struct(">i")
+_BE64 = struct.Struct(">Q")
+_PROTOS = {6: "tcp", 17: "udp"}
+
+
+class NetlinkError(OSError):
+    pass
+
+
+def _attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """type -> (payload start, payload end) of the attributes in buf[start:end]."""
+    out: dict[int, tuple[int, int]] = {}
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, typ = unpack(buf, start)
+        if length < 4:
+            break
+        out[typ & NLA_TYPE_MASK] = (start + 4, start + length)
+        start += (length + 3) & ~3
+    return out
+
+
+def _nested(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """(payload start, end) of every attribute in a list nest (NFTA_LIST_ELEM...)."""
+    out = []
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, _typ = unpack(buf, start)
+        if length < 4:
+            break
+        out.append((start + 4, start + length))
+        start += (length + 3) & ~3
+    return out
+
+
+def _string(buf: bytes, span: tuple[int, int] | None) -> str:
+    if span is None:
+        return ""
+    return buf[span[0] : span[1]].split(b"\0", 1)[0].decode(errors="replace")
+
+
+_IP_TEXT: dict[bytes, str] = {}  # packed address -> canonical text (bounded below)
+
+
+def _ip(raw: bytes) -> str:
+    text = _IP_TEXT.get(raw)
+    if text is None:
+        if len(raw) == 4:
+            text = socket.inet_ntop(socket.AF_INET, raw)
+        else:
+            text = R.canonical_ip(socket.inet_ntop(socket.AF_INET6, raw))
+        if len(_IP_TEXT) > 1 << 17:
+            _IP_TEXT.clear()
+        _IP_TEXT[raw] = text
+    return text
+
+
+# Set keys as registers lay them out (every field padded to 4 bytes):
+# address . proto . port [. backend address . backend port]
+_KEYS = {
+    12: struct.Struct(">4sB3xH2x"),
+    24: struct.Struct(">16sB3xH2x"),
+    20: struct.Struct(">4sB3xH2x4sH2x"),
+    44: struct.Struct(">16sB3xH2x16sH2x"),
+}
+
+
+def _decode_key(raw: bytes) -> tuple[Key, tuple[str, int] | None] | None:
+    layout = _KEYS.get(len(raw))
+    if layout is None:
+        return None
+    fields = layout.unpack(raw)
+    proto = fields[1]
+    key = (_ip(fields[0]), _PROTOS.get(proto) or str(proto), fields[2])
+    if len(fields) == 3:
+        return key, None
+    return key, (_ip(fields[3]), fields[4])
+
+
+def _counter(buf: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """(packets, bytes) of a `counter` expression nest."""
+    # The layout the kernel writes (name, then data: bytes, packets), checked
+    # byte for byte; anything else goes through the generic parser.
+    if buf[start : start + 20] in _COUNTER_HEAD and buf[start + 28 : start + 32] == _PACKETS_HDR:
+        return _BE64.unpack_from(buf, start + 32)[0], _BE64.unpack_from(buf, start + 20)[0]
+    a = _attrs(buf, start, end)
+    if _string(buf, a.get(1)) != "counter" or 2 not in a:
+        return None
+    d = _attrs(buf, *a[2])
+    nbytes = _BE64.unpack_from(buf, d[1][0])[0] if 1 in d else 0
+    packets = _BE64.unpack_from(buf, d[2][0])[0] if 2 in d else 0
+    return packets, nbytes
+
+
+_NAME = _NLA.pack(12, 1) + b"counter\0"
+_COUNTER_HEAD = frozenset(
+    _NAME + _NLA.pack(28, data) + _NLA.pack(12, 1) for data in (2, 2 | 0x8000)
+)
+_PACKETS_HDR = _NLA.pack(12, 2)
+
+
+SetElem = tuple[bytes, tuple[int, int], str | None]  # key, (packets, bytes), goto target
+
+
+def _set_elems(buf: bytes, start: int, end: int, out: list[SetElem]) -> None:
+    top = _attrs(buf, start, end)
+    if 3 not in top:  # NFTA_SET_ELEM_LIST_ELEMENTS
+        return
+    unpack = _NLA.unpack_from
+    for es, ee in _nested(buf, *top[3]):
+        key = None
+        counts: tuple[int, int] | None = None
+        target = None
+        p = es
+        while p + 4 <= ee:
+            length, typ = unpack(buf, p)
+            if length < 4:
+                break
+            typ &= NLA_TYPE_MASK
+            if typ == 1:  # NFTA_SET_ELEM_KEY > NFTA_DATA_VALUE
+                vlen, vtyp = unpack(buf, p + 4)
+                if vtyp & NLA_TYPE_MASK == 1:
+                    key = buf[p + 8 : p + 4 + vlen]
+            elif typ == 7:  # NFTA_SET_ELEM_EXPR
+                counts = _counter(buf, p + 4, p + length)
+            elif typ == 10:  # NFTA_SET_ELEM_EXPRESSIONS
+                for span in _nested(buf, p + 4, p + length):
+                    counts = counts or _counter(buf, *span)
+            elif typ == 2:  # NFTA_SET_ELEM_DATA > NFTA_DATA_VERDICT > code, chain
+                d = _attrs(buf, p + 4, p + length)
+                if 2 in d:
+                    v = _attrs(buf, *d[2])
+                    if 1 in v and _BE32.unpack_from(buf, v[1][0])[0] == NFT_GOTO:
+                        target = _string(buf, v.get(2))
+            p += (length + 3) & ~3
+        if key is not None:
+            out.append((key, counts or (0, 0), target))
+
+
+def _rule_comment(buf: bytes, span: tuple[int, int] | None) -> str:
+    """The comment in a rule's user data (libnftnl TLVs: type, length, value)."""
+    if span is None:
+        return ""
+    i, end = span
+    while i + 2 <= end:
+        typ, length = buf[i], buf[i + 1]
+        if typ == 0:  # NFTNL_UDATA_RULE_COMMENT, NUL-terminated
+            return buf[i + 2 : i + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+        i += 2 + length
+    return ""
+
+
+def _attr_str(typ: int, text: str) -> bytes:
+    raw = text.encode() + b"\0"
+    pad = (-len(raw)) % 4
+    return _NLA.pack(4 + len(raw), typ) + raw + b"\0" * pad
+
+
+class NetlinkReader:
+    """Dumps nf_tables objects of the inet family over one NETLINK_NETFILTER
+    socket, opened in the network namespace of the constructing thread."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self._sock.bind((0, 0))
+        self._seq = 0
+        # One request at a time on the socket (scrapes may come from another thread).
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _request(self, msg: int, flags: int, attrs: bytes = b"") -> list[tuple[bytes, int, int]]:
+        """Send one request; (buffer, payload start, end) of every reply message
+        (payload: after the nfgenmsg header).  ENOENT is an empty answer."""
+        with self._lock:
+            return self._request_locked(msg, flags, attrs)
+
+    def _request_locked(
+        self, msg: int, flags: int, attrs: bytes = b""
+    ) -> list[tuple[bytes, int, int]]:
+        self._seq += 1
+        seq = self._seq
+        body = struct.pack("=BBH", NFPROTO_INET, 0, 0) + attrs
+        mtype = (NFNL_SUBSYS_NFTABLES << 8) | msg
+        self._sock.send(_NLMSG.pack(16 + len(body), mtype, flags, seq, 0) + body)
+        out: list[tuple[bytes, int, int]] = []
+        while True:
+            buf = self._sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                length, typ, mflags, mseq, _pid = _NLMSG.unpack_from(buf, off)
+                if length < 16:
+                    raise NetlinkError("bad netlink message")
+                end = off + length
+                if mseq != seq:
+                    off = (end + 3) & ~3
+                    continue
+                if mflags & NLM_F_DUMP_INTR:
+                    raise _Interrupted()
+                if typ == NLMSG_DONE:
+                    err = -struct.unpack_from("=i", buf, off + 16)[0] if length >= 20 else 0
+                    if err > 0:  # a dump that failed half-way
+                        raise NetlinkError(err, os.strerror(err))
+                    return out
+                if typ == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", buf, off + 16)[0]
+                    if err == 0:  # the ACK of a non-dump request
+                        return out
+                    if err == errno.ENOENT:
+                        return []
+                    raise NetlinkError(err, os.strerror(err))
+                out.append((buf, off + 20, end))
+                if not flags & NLM_F_DUMP and not flags & NLM_F_ACK:
+                    return out
+                off = (end + 3) & ~3
+
+    def _dump(self, msg: int, attrs: bytes = b"") -> list[tuple[bytes, int, int]]:
+        return self._request(msg, NLM_F_REQUEST | NLM_F_DUMP, attrs)
+
+    def genid(self) -> int:
+        for buf, start, end in self._request(NFT_MSG_GETGEN, NLM_F_REQUEST):
+            a = _attrs(buf, start, end)
+            if 1 in a:
+                return int(_BE32.unpack_from(buf, a[1][0])[0])
+        raise NetlinkError("no generation id")
+
+    def consistent(self, read: Callable[[], T]) -> T:
+        """Run `read` (several dumps) until no commit happened during it."""
+        with self._lock:
+            for _attempt in range(5):
+                before = self.genid()
+                try:
+                    result = read()
+                except _Interrupted:
+                    continue
+                if self.genid() == before:
+                    return result
+            raise NetlinkError("the ruleset kept changing during the read")
+
+    def tables(self) -> list[str]:
+        return [_string(b, _attrs(b, s, e).get(1)) for b, s, e in self._dump(NFT_MSG_GETTABLE)]
+
+    def set_elems(self, table: str, name: str) -> list[SetElem]:
+        out: list[SetElem] = []
+        for buf, start, end in self._dump(
+            NFT_MSG_GETSETELEM, _attr_str(1, table) + _attr_str(2, name)
+        ):
+            _set_elems(buf, start, end, out)
+        return out
+
+    def chains(self) -> list[tuple[str, str]]:
+        """(table, chain) of every inet chain (the kernel has no table filter here)."""
+        out = []
+        for buf, start, end in self._dump(NFT_MSG_GETCHAIN):
+            a = _attrs(buf, start, end)
+            out.append((_string(buf, a.get(1)), _string(buf, a.get(3))))
+        return out
+
+    def rules(self, table: str) -> list[tuple[str, str]]:
+        """(chain, comment) of every rule of a table, in order."""
+        out = []
+        unpack = _NLA.unpack_from
+        for buf, start, end in self._dump(NFT_MSG_GETRULE, _attr_str(1, table)):
+            chain = comment = ""
+            p = start
+            while p + 4 <= end:  # only the chain and the user data are wanted
+                length, typ = unpack(buf, p)
+                if length < 4:
+                    break
+                typ &= NLA_TYPE_MASK
+                if typ == 2:
+                    chain = _string(buf, (p + 4, p + length))
+                elif typ == 7:
+                    comment = _rule_comment(buf, (p + 4, p + length))
+                p += (length + 3) & ~3
+            out.append((chain, comment))
+        return out
+
+
+class _Interrupted(NetlinkError):
+    """A dump crossed a commit (NLM_F_DUMP_INTR): start the read again."""
+
+
+def read_sets(nl: NetlinkReader, names: Iterable[str], out: R.ParsedTable) -> None:
+    """The shared table's counter and masquerade sets, into `out`."""
+    for name in names:
+        elems = nl.set_elems(R.TABLE, name)
+        if name.startswith("masq"):
+            out.masq.update(_ip(k) for k, _c, _t in elems if len(k) in (4, 16))
+            continue
+        for raw, counts, _t in elems:
+            decoded = _decode_key(raw)
+            if decoded is None:
+                continue
+            key, backend = decoded
+            if name.startswith("fcnt") and backend is None:
+                out.frontend_counts[key] = counts
+            elif name.startswith("bcnt") and backend is not None:
+                out.backend_counts.setdefault(key, {})[backend] = counts
+
+
+def read_tables(nl: NetlinkReader, tables: set[str], out: R.ParsedTable) -> None:
+    """What `list table` of each of `tables` would give `parse_table`."""
+    per = {t: R.Objects(t) for t in tables}
+    for table, chain in nl.chains():
+        if table in per:
+            per[table].chains.append(chain)
+    for table in sorted(tables):
+        objs = per[table]
+        objs.rules = nl.rules(table)
+        if table == R.TABLE:
+            read_sets(nl, R.SHARED_SETS, out)
+            continue
+        for map_name in ("fe4", "fe6"):
+            for raw, _c, target in nl.set_elems(table, map_name):
+                decoded = _decode_key(raw)
+                key = decoded[0] if decoded and decoded[1] is None else None
+                objs.verdicts.append((map_name, key, target))
+    for table in sorted(tables):
+        R.parse_objects(per[table], out)
 
 
 def _backend_ips(spec: R.FrontendSpec | None) -> set[str]:
@@ -79,6 +433,11 @@ class NftablesDataplane:
         # of a frontend equal to the one seen last time.
         self._normalised: dict[Key, tuple[L4Frontend, R.FrontendSpec]] = {}
         self._counter_cache: tuple[float, list[FrontendCounters]] | None = None
+        self._nl: NetlinkReader | None = None
+        try:
+            self._nl = NetlinkReader()
+        except OSError as exc:  # reads fall back to libnftables listings
+            log.warning("event=netlink_unavailable error=%r", exc)
         self._adopt()
 
     def _reset_memory(self) -> None:
@@ -109,13 +468,22 @@ class NftablesDataplane:
             raise NftablesError(str(error).strip() or f"libnftables rc={rc}")
         return output
 
-    def _write(self, cmds: list[dict[str, Any]]) -> None:
+    def _write(self, lines: list[str]) -> None:
+        """ONE transaction: libnftables parses and evaluates the whole script
+        before sending one batch, and the kernel commits all of it or nothing."""
         self.transactions += 1
         self._counter_cache = None
-        self._run(cmds)
+        rc, _output, error = self._nft.cmd("".join(line + "\n" for line in lines))
+        if rc != 0:
+            raise NftablesError(str(error).strip() or f"libnftables rc={rc}")
 
     def _our_tables(self) -> set[str]:
         """Names of our inet tables, from one netlink table dump (~1 ms)."""
+        if self._nl is not None:
+            try:
+                return {n for n in self._nl.tables() if R.is_our_table(n)}
+            except OSError as exc:
+                log.warning("event=netlink_read_failed what=tables error=%r", exc)
         try:
             from pyroute2.nftables.main import NFTables
 
@@ -134,14 +502,24 @@ class NftablesDataplane:
             }
         return {n for n in names if R.is_our_table(n)}
 
-    def _read(self, tables: set[str], into: R.ParsedTable | None = None) -> R.ParsedTable:
-        """List and parse tables; the listings run in parallel threads (each with
-        its own libnftables context), parsing stays in this thread."""
-        parsed = into if into is not None else R.ParsedTable()
+    def _read(self, tables: set[str], use_netlink: bool = True) -> R.ParsedTable:
+        """Our tables as one consistent snapshot, parsed: a netlink dump, or
+        libnftables listings when netlink fails (same result, 5-10x slower)."""
+        nl = self._nl
+        if nl is not None and use_netlink:
+
+            def read() -> R.ParsedTable:
+                parsed = R.ParsedTable()
+                read_tables(nl, tables, parsed)
+                return parsed
+
+            try:
+                return nl.consistent(read)
+            except OSError as exc:
+                log.warning("event=netlink_read_failed what=tables error=%r", exc)
+        parsed = R.ParsedTable()
         cmds = [{"list": {"table": {"family": R.FAMILY, "name": n}}} for n in sorted(tables)]
         # One command each: libnftables limits its cache fill to a listed table.
-        # (Listing from several threads is not safe: libnftables 1.0.6 garbled
-        # JSON output with one context per thread.)
         for cmd in cmds:
             R.parse_table(self._run([cmd]), parsed)
         return parsed
@@ -155,8 +533,8 @@ class NftablesDataplane:
         if not tables:
             return
         layout = {R.TABLE, *R.SHARD_TABLES}
-        # The shared table first: it says which layout wrote the others.
-        parsed = self._read({R.TABLE}) if R.TABLE in tables else R.ParsedTable()
+        parsed = self._read(tables & layout)
+        # The shared table says which layout wrote the others.
         if parsed.tags.get(R.TABLE) != R.SKELETON_TAG:
             # An older or differently sharded layout (or a half-deleted one):
             # nothing is adopted, the next reconcile replaces it atomically.
@@ -164,7 +542,6 @@ class NftablesDataplane:
             log.info("event=adopt layout=foreign tables=%d", len(tables))
             return
         self._foreign = tables - layout
-        parsed = self._read(tables & layout - {R.TABLE}, parsed)
         self._specs = dict(parsed.specs)
         self._ipref = Counter(b.ip for s in self._specs.values() for b in s.backends)
         self._masq = set(parsed.masq)
@@ -308,16 +685,13 @@ class NftablesDataplane:
             self._masq_dirty = self._counters_dirty = False
             return ReconcileResult(changed=0, errors=errors)
 
-        cmds = (
-            head
-            + R.render_masq_diff(set(), masq_add)
-            + repairs
-            + extra
-            + R.render_plan(plan, self._counters)
-            + R.render_masq_diff(masq_del, set())
+        lines = (
+            R.text_lines(head + R.render_masq_diff(set(), masq_add) + repairs + extra)
+            + R.render_plan_lines(plan, self._counters)
+            + R.text_lines(R.render_masq_diff(masq_del, set()))
         )
         try:
-            self._write(cmds)
+            self._write(lines)
         except NftablesError as exc:
             if rebuild:
                 for key in want:
@@ -407,7 +781,7 @@ class NftablesDataplane:
             base = head + R.render_masq_diff(set(), ips - self._masq) + repairs
             base += el.head() + el.after_chains() + el.tail()
             if base:
-                self._write(base)
+                self._write(R.text_lines(base))
             self._after_skeleton()
             self._after_repairs(repaired)
             self._masq |= ips
@@ -425,7 +799,10 @@ class NftablesDataplane:
             # (the union of old and new addresses keeps every rule valid).
             add, _delete, delta = self._masq_diff(single)
             try:
-                self._write(R.render_masq_diff(set(), add) + R.render_plan(single, self._counters))
+                self._write(
+                    R.text_lines(R.render_masq_diff(set(), add))
+                    + R.render_plan_lines(single, self._counters)
+                )
             except NftablesError as exc:
                 errors[key] = str(exc)
                 continue
@@ -436,27 +813,23 @@ class NftablesDataplane:
         try:
             stale = {ip for ip in self._masq if self._ipref.get(ip, 0) <= 0}
             if stale:
-                self._write(R.render_masq_diff(stale, set()))
+                self._write(R.text_lines(R.render_masq_diff(stale, set())))
                 self._masq -= stale
         except NftablesError as exc:
             log.warning("event=masq_shrink_failed error=%r", exc)
         return ReconcileResult(changed=changed + len(repaired), errors=errors)
 
     def read_counters(self) -> list[FrontendCounters]:
-        """Counters of every frontend found in the kernel: one listing of the shared
-        table (its counter sets), no rule listing.  Reads closer together than
-        COUNTER_TTL share one kernel read (a write invalidates it)."""
+        """Counters of every frontend found in the kernel: a netlink dump of the
+        shared table's four counter sets (no rule listing; ~0.3 s at 10k frontends
+        x 4 backends).  Reads closer together than COUNTER_TTL share one kernel
+        read (a write invalidates it)."""
         now = time.monotonic()
         if self._counter_cache is not None and now - self._counter_cache[0] < COUNTER_TTL:
             return list(self._counter_cache[1])
-        # Biggest first: the backend set has one element per backend.
-        names = ("bcnt4", "fcnt4", "bcnt6", "fcnt6")
-        cmds = [{"list": {"set": {"family": R.FAMILY, "table": R.TABLE, "name": n}}} for n in names]
-        parsed = R.ParsedTable()
         try:
             with gc_paused():
-                for cmd in cmds:
-                    R.parse_sets(self._run([cmd]), parsed)
+                parsed = self._read_counter_sets()
         except NftablesError:
             return []
         out = []
@@ -475,6 +848,26 @@ class NftablesDataplane:
             )
         self._counter_cache = (time.monotonic(), out)
         return list(out)
+
+    def _read_counter_sets(self, use_netlink: bool = True) -> R.ParsedTable:
+        names = ("bcnt4", "fcnt4", "bcnt6", "fcnt6")
+        nl = self._nl
+        if nl is not None and use_netlink:
+
+            def read() -> R.ParsedTable:
+                parsed = R.ParsedTable()
+                read_sets(nl, names, parsed)
+                return parsed
+
+            try:
+                return nl.consistent(read)
+            except OSError as exc:
+                log.warning("event=netlink_read_failed what=counters error=%r", exc)
+        parsed = R.ParsedTable()
+        for n in names:
+            cmd = {"list": {"set": {"family": R.FAMILY, "table": R.TABLE, "name": n}}}
+            R.parse_sets(self._run([cmd]), parsed)
+        return parsed
 
     def programmed(self) -> list[ProgrammedFrontend]:
         """Read back from the kernel: every shard's frontend chains."""
@@ -497,7 +890,7 @@ class NftablesDataplane:
         in one transaction."""
         tables = self._our_tables()
         if tables:
-            self._write(R.render_delete_tables(tables))
+            self._write(R.text_lines(R.render_delete_tables(tables)))
         self._reset_memory()
         self._normalised.clear()
         self._counter_cache = None

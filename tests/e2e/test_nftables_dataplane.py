@@ -8,6 +8,7 @@ and measured figures are printed (`pytest -s`).
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections import Counter
@@ -335,3 +336,173 @@ def test_previous_single_table_layout_is_replaced(lab: Lab) -> None:
     finally:
         lab.call(lab.node, dp.cleanup)
     assert not [t for t in lab.call(lab.node, tables) if t.startswith("gatewaylb")]
+
+
+# -- text transactions and netlink reads ------------------------------------------------------
+
+
+def _ruleset_without_handles() -> list[dict[str, Any]]:
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    rc, out, err = nft.cmd("list ruleset")
+    assert rc == 0, err
+    items: list[dict[str, Any]] = json.loads(out)["nftables"]
+    for item in items:
+        for obj in item.values():
+            if isinstance(obj, dict):
+                obj.pop("handle", None)
+    return [i for i in items if "metainfo" not in i]
+
+
+def test_text_transactions_write_what_json_would(lab: Lab) -> None:
+    """The same plans applied as libnftables JSON and as the dataplane's nft text
+    leave byte-identical rulesets (listed as JSON, handles aside)."""
+    a = R.normalise(frontend(vip4(13), 80, {1: 3, 2: 0, 3: 1}, reject=1))
+    b = R.normalise(frontend(vip6(13), 53, {1: 1, 2: 2}, proto="udp"))
+    c = R.normalise(frontend(vip4(13), 81, {}))
+    a2 = R.normalise(frontend(vip4(13), 80, {1: 1}))
+    first = R.plan({}, {s.key: s for s in (a, b, c)})
+    second = R.Plan((), ((a, a2),), (c,))
+    masq = R.render_masq_diff(set(), R.masq_ips([a, b, c]))
+
+    def apply_json() -> list[dict[str, Any]]:
+        nft = nftables.Nftables()
+        for cmds in (R.render_skeleton() + masq + R.render_plan(first), R.render_plan(second)):
+            rc, _out, err = nft.json_cmd({"nftables": cmds})
+            assert rc == 0, err
+        return _ruleset_without_handles()
+
+    def apply_text() -> list[dict[str, Any]]:
+        nft = nftables.Nftables()
+        scripts = (
+            R.text_lines(R.render_skeleton() + masq) + R.render_plan_lines(first),
+            R.render_plan_lines(second),
+        )
+        for lines in scripts:
+            rc, _out, err = nft.cmd("\n".join(lines) + "\n")
+            assert rc == 0, err
+        return _ruleset_without_handles()
+
+    def drop() -> None:
+        nft = nftables.Nftables()
+        rc, _out, err = nft.cmd(R.to_text(R.render_delete_tables([R.TABLE, *R.SHARD_TABLES])))
+        assert rc == 0, err
+
+    via_json = lab.call(lab.node, apply_json)
+    lab.call(lab.node, drop)
+    via_text = lab.call(lab.node, apply_text)
+    lab.call(lab.node, drop)
+    assert via_text == via_json
+    assert len([i for i in via_text if "rule" in i]) > 20
+
+
+def test_a_failing_text_transaction_changes_nothing(lab: Lab, dp: NftablesDataplane) -> None:
+    apply(lab, dp, state(frontend(vip4(14), 80, {1: 1})))
+    before = lab.call(lab.node, _ruleset_without_handles)
+    key = (vip4(14), "tcp", 80)
+    good = f"flush chain inet {R.table_of(key)} {R.chain_name(key)}"
+    bad = f"delete chain inet {R.table_of(key)} fe_no_such_chain"
+    with pytest.raises(Exception, match="No such file"):
+        lab.call(lab.node, dp._write, [good, bad])
+    assert lab.call(lab.node, _ruleset_without_handles) == before
+    assert lab.call(lab.client, tcp_ask, vip4(14), 80) == "be1"
+
+
+def test_netlink_reads_equal_libnftables_reads(lab: Lab, dp: NftablesDataplane) -> None:
+    """Adoption, programmed() and read_counters read the kernel over netlink; the
+    libnftables JSON listings (the fallback) must give the same model, broken
+    and stray objects included."""
+    apply(
+        lab,
+        dp,
+        state(
+            frontend(vip4(15), 80, {1: 2, 2: 0}, reject=1),
+            frontend(vip4(15), 53, {3: 1}, proto="udp"),
+            frontend(vip6(15), 80, {1: 1, 2: 1}),
+            frontend(vip6(15), 53, {}, proto="udp"),
+        ),
+    )
+    served = 10 - lab.call(lab.client, tcp_many, vip4(15), 80, 10)["refused"]
+    # A chain in the wrong shard with a verdict element there, and an orphan chain.
+    stray = (vip4(16), "tcp", 80)
+    wrong = R.shard_table((R.shard_of(stray) + 1) % R.SHARDS)
+    name = R.chain_name(stray)
+
+    def tamper() -> None:
+        nft = nftables.Nftables()
+        rc, _out, err = nft.cmd(
+            f"add chain inet {wrong} {name}\n"
+            f'add rule inet {wrong} {name} accept comment "glb r=0 fp=0"\n'
+            f"add element inet {wrong} fe4 {{ {stray[0]} . tcp . 80 : goto {name} }}\n"
+            f"add chain inet {R.table_of(stray)} fe_4_0a6300ff_t_80\n"
+        )
+        assert rc == 0, err
+
+    lab.call(lab.node, tamper)
+
+    def both() -> tuple[R.ParsedTable, R.ParsedTable, R.ParsedTable, R.ParsedTable]:
+        tables = dp._our_tables()
+        return (
+            dp._read(tables, use_netlink=True),
+            dp._read(tables, use_netlink=False),
+            dp._read_counter_sets(use_netlink=True),
+            dp._read_counter_sets(use_netlink=False),
+        )
+
+    nl, js, cnl, cjs = lab.call(lab.node, both)
+    for f in (
+        "specs",
+        "frontend_counts",
+        "backend_counts",
+        "masq",
+        "tags",
+        "broken",
+        "chain_tables",
+        "elements",
+        "stray_elements",
+    ):
+        assert getattr(nl, f) == getattr(js, f), f
+    assert len(nl.specs) == 4 and nl.skeleton_ok
+    assert nl.stray_elements == {(wrong, "fe4", stray)}
+    assert set(nl.broken) == {name, "fe_4_0a6300ff_t_80"}
+    assert (cnl.frontend_counts, cnl.backend_counts) == (cjs.frontend_counts, cjs.backend_counts)
+    assert sum(c for c, _b in cnl.backend_counts[(vip4(15), "tcp", 80)].values()) == served
+    # The next reconcile of a fresh dataplane repairs both, and nothing else.
+    again = lab.call(lab.node, NftablesDataplane)
+    result = lab.call(
+        lab.node,
+        again.reconcile,
+        state(
+            frontend(vip4(15), 80, {1: 2, 2: 0}, reject=1),
+            frontend(vip4(15), 53, {3: 1}, proto="udp"),
+            frontend(vip6(15), 80, {1: 1, 2: 1}),
+            frontend(vip6(15), 53, {}, proto="udp"),
+        ),
+    )
+    assert result.errors == {} and again.transactions == 1
+    after = lab.call(lab.node, dp._read, lab.call(lab.node, dp._our_tables))
+    assert after.broken == {} and after.stray_elements == set() and after.specs == nl.specs
+
+
+def test_a_frontend_the_kernel_refuses_does_not_block_the_others(
+    lab: Lab, dp: NftablesDataplane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text batch fails as a whole; the retry frontend by frontend reports
+    the one bad frontend and lands the others."""
+    bad_key = (vip4(17), "tcp", 81)
+    body = R._chain_body
+
+    def broken_body(spec: R.FrontendSpec) -> list[str]:
+        if spec.key == bad_key:  # a jump to a chain that does not exist
+            return ["goto fe_no_such_chain"]
+        return body(spec)
+
+    monkeypatch.setattr(R, "_chain_body", broken_body)
+    result = lab.call(
+        lab.node,
+        dp.reconcile,
+        state(frontend(vip4(17), 80, {1: 1}), frontend(vip4(17), 81, {2: 1})),
+    )
+    assert set(result.errors) == {bad_key} and result.changed == 1
+    assert lab.call(lab.client, tcp_ask, vip4(17), 80) == "be1"
+    assert [p.port for p in lab.call(lab.node, dp.programmed)] == [80]

@@ -255,3 +255,102 @@ def test_parse_reads_counters_and_flags_a_foreign_layout() -> None:
         if rule and rule.get("comment") == R.SKELETON_TAG and rule["table"] == R.TABLE:
             rule["comment"] = "glb skeleton v1"
     assert not R.parse_table(listing).skeleton_ok
+
+
+# -- nft text ------------------------------------------------------------------------------
+
+_TEXT_SPECS = [
+    fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0), ("10.20.0.13", 81, 1)], reject=2),
+    fe([("10.20.0.11", 80, 0)], proto="udp"),
+    fe([]),
+    L4Frontend("fd00:99::1", "udp", 53, (Backend("fd00:20::11", 53, 2),), 1, SRC),
+    L4Frontend(
+        "fd00:99::2",
+        "tcp",
+        443,
+        (Backend("fd00:20::11", 8443, 1), Backend("fd00:20::12", 8443, 0)),
+        0,
+        SRC,
+    ),
+]
+
+
+@pytest.mark.parametrize("frontend", _TEXT_SPECS)
+def test_direct_text_equals_translated_json(frontend: L4Frontend) -> None:
+    spec = R.normalise(frontend)
+    assert R.chain_rules_text(spec) == R.text_lines(R.render_chain_rules(spec))
+
+
+def test_plan_text_writes_what_the_json_plan_writes() -> None:
+    """Same element commands; each chain's rules in the same order (as a block)."""
+    specs = [R.normalise(f) for f in _TEXT_SPECS]
+    old = R.normalise(fe([("10.20.0.11", 80, 1)], proto="udp"))
+    gone = R.normalise(L4Frontend("10.99.0.9", "tcp", 80, (Backend("10.20.0.14", 80, 1),), 0, SRC))
+    p = R.Plan(tuple(s for s in specs if s.key != old.key), ((old, specs[1]),), (gone,))
+    flat = R.text_lines(R.render_plan(p))
+    lines = R.render_plan_lines(p)
+    assert [x for x in lines if "element" in x] == [x for x in flat if "element" in x]
+    assert [x for x in lines if x.startswith(("flush", "delete"))] == [
+        x for x in flat if x.startswith(("flush", "delete"))
+    ]
+    blocks = "\n".join(x for x in lines if x.startswith("table "))
+    for spec in [*p.added, specs[1]]:
+        body = "".join(f"\t\t{r.split(' ', 5)[5]}\n" for r in R.chain_rules_text(spec))
+        assert f"\tchain {R.chain_name(spec.key)} {{\n{body}\t}}" in blocks
+    # elements before the chains that need none, verdicts after their chains
+    first_block = next(i for i, x in enumerate(lines) if x.startswith("table "))
+    assert all("fe4" not in x and "fe6" not in x for x in lines[:first_block])
+
+
+@pytest.mark.parametrize("comment", ['a"b', "a;b", "a\nb", "a{b", "x" * 200])
+def test_text_refuses_what_it_cannot_quote(comment: str) -> None:
+    with pytest.raises(R.TextError):
+        R.quote(comment)
+    cmd = {
+        "add": {
+            "rule": {"family": "inet", "table": "t", "chain": "c", "expr": [], "comment": comment}
+        }
+    }
+    with pytest.raises(R.TextError):
+        R.to_text([cmd])
+
+
+def test_text_refuses_unknown_vocabulary() -> None:
+    bad = [
+        {"add": {"rule": {"family": "inet", "table": "t", "chain": "c", "expr": [{"log": None}]}}},
+        {"insert": {"table": {"family": "inet", "name": "t"}}},
+        {"add": {"table": {"family": "ip", "name": "t"}}},
+        {"add": {"element": {"family": "inet", "table": "t", "name": "s", "elem": ["1.2.3.4 }"]}}},
+        {"delete": {"chain": {"family": "inet", "table": "t", "name": "c; flush ruleset"}}},
+    ]
+    for cmd in bad:
+        with pytest.raises(R.TextError):
+            R.to_text([cmd])
+
+
+def test_adoption_refuses_non_canonical_addresses_in_comments() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 1)]))
+    comments = [R.backend_comment(b) for b in spec.backends] + [R.footer_comment(spec)]
+    assert R._parse_chain(spec.key, comments) == spec
+    tampered = [c.replace("10.20.0.11", "10.20.0.011") for c in comments]
+    assert R._parse_chain(spec.key, tampered) is None
+
+
+def test_footer_rides_on_the_last_dnat_when_nothing_is_refused() -> None:
+    spec = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 3), ("10.20.0.13", 80, 0)]))
+    rules = [c["add"]["rule"] for c in R.render_chain_rules(spec)]
+    # two cascade rules, then the dormant weight-0 one: no separate footer
+    assert [r["comment"] for r in rules] == [
+        "glb b=10.20.0.11,80,1",
+        f"glb b=10.20.0.12,80,3 r=0 fp={spec.fingerprint}",
+        "glb b=10.20.0.13,80,0",
+    ]
+    assert not any("mangle" in repr(r["expr"]) for r in rules)
+    assert R._parse_chain(spec.key, [r["comment"] for r in rules]) == spec
+    # Chains written with a separate footer (earlier versions) are still adopted.
+    separate = ["glb b=10.20.0.11,80,1", "glb b=10.20.0.12,80,3", R.footer_comment(spec)]
+    assert R._parse_chain(spec.key, [*separate, "glb b=10.20.0.13,80,0"]) == spec
+    # A reject share keeps the marking footer.
+    refusing = R.normalise(fe([("10.20.0.11", 80, 1)], reject=1))
+    last = R.render_chain_rules(refusing)[-1]["add"]["rule"]
+    assert last["comment"] == R.footer_comment(refusing) and "mangle" in repr(last["expr"])
