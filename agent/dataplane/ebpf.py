@@ -13,11 +13,11 @@ follow bpf/gatewaylb.h).  Verbs: `upsert_frontend`, `set_backends`,
 `delete_frontend`, `read_counters`; `reconcile` batches the same writes.
 
 Map design (memory): the Maglev tables of all frontends live in ONE array map,
-a slot pool (`maglev`, `pool_slots` u32 slots, default 4 Mi = 16 MiB).  Each
+a slot pool (`maglev`, `pool_slots` u32 slots, default 16 Mi = 64 MiB).  Each
 frontend owns an extent of it, sized from its backend count on a ladder of
 primes (251, 1021, 4093, 16381, ...; at least 100 slots per backend, never above
-`maglev_size`), so 10k frontends of a few backends take ~2.5 M slots (10 MB)
-instead of 10k x 16381.  Every change writes the new table into a FREE extent
+`maglev_size`), so 10k frontends of 3-10 backends take ~10 M slots (40 MB)
+instead of 10k x 16381 (655 MB).  Every change writes the new table into a FREE extent
 and then flips the frontend's hash-map entry (offset, size) in one element
 update, which readers see atomically (RCU); the old extent and removed backend
 ids are quarantined until the next write batch, so a packet that read the old
@@ -673,7 +673,7 @@ class EbpfDataplane:
         *,
         max_frontends: int = 16384,
         max_backends: int = 65536,
-        pool_slots: int = 1 << 22,
+        pool_slots: int = 1 << 24,
         max_flows: int = 131072,
         nft: bool = True,
     ) -> None:
