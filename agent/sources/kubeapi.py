@@ -96,7 +96,8 @@ class KubeClient:
         hook = getattr(self._cfg, "refresh_api_key_hook", None)
         if hook is not None:
             hook(self._cfg)  # in-cluster: re-reads the rotated service-account token
-        token = self._cfg.get_api_key_with_prefix("authorization")
+        # Older clients keep the token under "authorization", newer under "BearerToken".
+        token = self._cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         return headers
