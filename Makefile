@@ -23,7 +23,7 @@ define run_pytest
 endef
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint test unit demo bench clean
+.PHONY: help setup lint test unit demo bench clean k8s-bin controlplane controlplane-down
 
 help:
 	@echo "make setup   install Debian packages, kernel header links and .venv (root)"
@@ -33,6 +33,9 @@ help:
 	@echo "make bench   run every bench/*.py"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make clean   remove .venv and caches"
+	@echo "make k8s-bin            build kube-apiserver + etcd for tests/k8s (no-op when built)"
+	@echo "make controlplane       start etcd + kube-apiserver on 127.0.0.1 in the background"
+	@echo "make controlplane-down  stop it"
 
 setup:
 	@scripts/setup.sh
@@ -42,7 +45,7 @@ lint: setup
 	.venv/bin/ruff format --check $(LINT_DIRS)
 	.venv/bin/mypy
 
-test: setup lint
+test: setup lint k8s-bin
 	@$(call run_pytest,$(TEST_DIRS))
 
 unit: setup
@@ -60,3 +63,17 @@ bench: setup
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+# The test control plane (tests/k8s): a real kube-apiserver and etcd built from
+# the Go module in tests/k8s/controlplane into tests/k8s/bin. 5-8 min cold,
+# a no-op (milliseconds) when the binaries match go.mod/go.sum.
+k8s-bin:
+	@scripts/build-controlplane.sh
+
+# Runs in the background; prints the admin KUBECONFIG. State, logs and data
+# are under /run/gatewaylb-controlplane (root) or .run/controlplane.
+controlplane: setup k8s-bin
+	@$(PY) tests/k8s/controlplane.py up
+
+controlplane-down:
+	@py=$(PY); [ -x "$$py" ] || py=python3; "$$py" tests/k8s/controlplane.py down

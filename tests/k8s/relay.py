@@ -1,0 +1,64 @@
+"""A TCP relay from a lab namespace's loopback to the host's loopback.
+
+The test API server listens on the host's 127.0.0.1; an agent under test runs
+in a lab node namespace, whose loopback is its own.  The relay's listening
+socket is created inside the node namespace (by a thread switched into it) and
+every accepted connection is spliced to the API server from the host
+namespace.  Bytes only: TLS is end to end, so the agent verifies the API
+server's certificate for 127.0.0.1 as it would anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+
+from agent.lab import Lab
+
+
+class LoopbackRelay:
+    def __init__(self, lab: Lab, host_port: Callable[[], int]) -> None:
+        # A callable: an API server restarted on another port is followed.
+        self._host_port = host_port
+        self._listener: socket.socket = lab.call(lab.node, self._listen)
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="relay")
+        self._thread.start()
+
+    @staticmethod
+    def _listen() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        return sock
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                inner, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                outer = socket.create_connection(("127.0.0.1", self._host_port()), timeout=5)
+            except OSError:
+                inner.close()
+                continue
+            outer.settimeout(None)
+            for a, b in ((inner, outer), (outer, inner)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()

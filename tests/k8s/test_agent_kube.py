@@ -1,0 +1,439 @@
+"""The agent against a real kube-apiserver: the DaemonSet's service account,
+objects created through the API, traffic in a lab, status read back from the
+API server, Lease-elected status writing.
+
+The API server listens on the host's loopback; each agent runs in a lab node
+namespace and reaches it through a loopback relay (relay.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from controlplane import ControlPlane
+from relay import LoopbackRelay
+
+from agent.lab import Lab, vip4
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "daemonset"
+NS = "gatewaylb-system"
+APP = "shop"
+PORT = 8080
+VIP = vip4(30)
+GW = "gateway.networking.k8s.io/v1"
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def deploy_objects() -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = []
+    for name in (
+        "namespace.yaml",
+        "rbac.yaml",
+        "gatewayclass.yaml",
+        "metrics-service.yaml",
+        "daemonset.yaml",
+    ):
+        objs.extend(d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d)
+    return objs
+
+
+def tcp_ask(addr: str, port: int) -> str:
+    try:
+        with socket.create_connection((addr, port), timeout=1) as s:
+            s.sendall(b"hi\n")
+            return s.recv(100).decode().split()[0]
+    except OSError as exc:
+        return f"error:{type(exc).__name__}"
+
+
+def udp_ask(addr: str, port: int) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        try:
+            s.sendto(b"hi", (addr, port))
+            return s.recv(100).decode().split()[0]
+        except OSError as exc:
+            return f"error:{type(exc).__name__}"
+
+
+def service(name: str, namespace: str = APP) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "ports": [
+                {"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": PORT},
+                {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": PORT},
+            ]
+        },
+    }
+
+
+def slice_(name: str, ips: list[str], namespace: str = APP) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-1",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "ports": [
+            {"name": "tcp", "protocol": "TCP", "port": PORT},
+            {"name": "udp", "protocol": "UDP", "port": PORT},
+        ],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+    }
+
+
+def gateway() -> dict[str, Any]:
+    return {
+        "apiVersion": GW,
+        "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": APP},
+        "spec": {
+            "gatewayClassName": "gatewaylb",
+            "addresses": [{"value": VIP}],
+            "listeners": [
+                {"name": "tcp", "protocol": "TCP", "port": 80},
+                {"name": "udp", "protocol": "UDP", "port": 80},
+                {"name": "cross", "protocol": "TCP", "port": 81},
+            ],
+        },
+    }
+
+
+def l4_route(
+    kind: str, name: str, section: str, backend: str, namespace: str | None = None
+) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": backend, "port": 80}
+    if namespace:
+        ref["namespace"] = namespace
+    return {
+        "apiVersion": GW,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": APP},
+        "spec": {
+            "parentRefs": [{"name": "edge", "sectionName": section}],
+            "rules": [{"backendRefs": [ref]}],
+        },
+    }
+
+
+class KubeAgent:
+    """`gatewaylb run --kubeconfig` as the DaemonSet's ServiceAccount, in a lab node."""
+
+    def __init__(self, cp: ControlPlane, lab: Lab, tmp: Path, node: str, metrics_port: int) -> None:
+        self.cp, self.lab, self.node = cp, lab, node
+        self.metrics = f"127.0.0.1:{metrics_port}"
+        self.relay = LoopbackRelay(lab, lambda: cp.port)
+        token = cp.token_for(NS, "gatewaylb")
+        config = json.loads(cp.kubeconfig_for_token(token, tmp / f"{node}.kubeconfig").read_text())
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.relay.port}"
+        self.kubeconfig = tmp / f"{node}.kubeconfig"
+        self.kubeconfig.write_text(json.dumps(config))
+        self.log = tmp / f"{node}.log"
+        self.run_dir = tmp / f"{node}-run"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "agent", "run",
+            "--kubeconfig", str(self.kubeconfig),
+            "--node-name", self.node,
+            "--namespace", NS,
+            "--dataplane", "nftables",
+            "--metrics-address", self.metrics,
+            "--run-dir", str(self.run_dir),
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = self.lab.popen(self.lab.node, argv, stdout=log, stderr=log)
+        wait_for(self.ready, 60)
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent {self.node} exited:\n{self.log.read_text()}")
+
+        def get() -> int:
+            try:
+                with urllib.request.urlopen(f"http://{self.metrics}/readyz", timeout=2) as r:
+                    return int(r.status)
+            except OSError:
+                return 0
+
+        return self.lab.call(self.lab.node, get) == 200
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        self.kill()
+        subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.lab.node.ns}", "--", sys.executable, "-m",
+             "agent", "cleanup", "--run-dir", str(self.run_dir), "--cgroup-path", "none"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        self.relay.close()
+
+
+@pytest.fixture(scope="module")
+def setup(controlplane: ControlPlane) -> Iterator[ControlPlane]:
+    for obj in deploy_objects():
+        if obj["kind"] != "DaemonSet":
+            controlplane.apply(obj)
+    controlplane.ensure_namespace(APP)
+    controlplane.ensure_namespace("backends")
+    yield controlplane
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(backends=3) as lab:
+        for b in lab.backends:
+            lab.start_echo(b, tcp=PORT, udp=PORT)
+        yield lab
+
+
+@pytest.fixture()
+def agent(setup: ControlPlane, lab: Lab, tmp_path: Path) -> Iterator[KubeAgent]:
+    a = KubeAgent(setup, lab, tmp_path, "node-a", 19471)
+    yield a
+    a.close()
+
+
+def get(cp: ControlPlane, kind_path: str) -> dict[str, Any]:
+    status, body = cp.request("GET", kind_path)
+    assert status == 200, body
+    return dict(body)
+
+
+def condition(conds: list[dict[str, Any]], type_: str) -> tuple[str, str]:
+    c = next(c for c in conds if c["type"] == type_)
+    return c["status"], c["reason"]
+
+
+# -- tests ----------------------------------------------------------------------------
+
+
+def test_deploy_manifests_pass_a_server_side_dry_run(setup: ControlPlane) -> None:
+    for obj in deploy_objects():
+        path = setup.object_path(obj)
+        status, body = setup.request(
+            "PATCH",
+            path,
+            obj,
+            content_type="application/apply-patch+yaml",
+            query={"fieldManager": "dry-run-test", "force": "true", "dryRun": "All"},
+        )
+        assert status in (200, 201), (
+            obj["kind"],
+            body.get("message") if isinstance(body, dict) else body,
+        )
+
+
+def test_agent_programs_objects_from_the_api_and_writes_their_status(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    cp = setup
+    be1, be2, be3 = (b.ip4 for b in lab.backends)
+    for obj in (
+        service("blue"),
+        slice_("blue", [be1]),
+        gateway(),
+        l4_route("TCPRoute", "tcp", "tcp", "blue"),
+        l4_route("UDPRoute", "udp", "udp", "blue"),
+    ):
+        cp.apply(obj)
+    agent.start()
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be1", 20)
+    assert lab.call(lab.client, udp_ask, VIP, 80) == "be1"
+
+    gw_path = f"/apis/{GW}/namespaces/{APP}/gateways/edge"
+    wait_for(
+        lambda: (
+            "conditions" in (get(cp, gw_path).get("status") or {})
+            and condition(get(cp, gw_path)["status"]["conditions"], "Programmed")
+            == ("True", "Programmed")
+        ),
+        20,
+    )
+    gw = get(cp, gw_path)["status"]
+    assert gw["addresses"] == [{"type": "IPAddress", "value": VIP}]
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in gw["conditions"])
+    route = get(cp, f"/apis/{GW}/namespaces/{APP}/tcproutes/tcp")["status"]["parents"][0]
+    assert route["controllerName"] == "gatewaylb.io/agent"
+    assert condition(route["conditions"], "Accepted") == ("True", "Accepted")
+    gc = get(cp, f"/apis/{GW}/gatewayclasses/gatewaylb")["status"]
+    assert condition(gc["conditions"], "Accepted") == ("True", "Accepted")
+
+    # Scaling the EndpointSlice converges.
+    cp.apply(slice_("blue", [be1, be2]))
+    wait_for(
+        lambda: {lab.call(lab.client, tcp_ask, VIP, 80) for _ in range(20)} == {"be1", "be2"}, 20
+    )
+    # Editing the route converges.
+    cp.apply(service("green"))
+    cp.apply(slice_("green", [be3]))
+    cp.apply(l4_route("TCPRoute", "tcp", "tcp", "green"))
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be3", 20)
+    # Deleting the Service: its share is refused and the route says why.
+    status, _ = cp.request("DELETE", f"/api/v1/namespaces/{APP}/services/green")
+    assert status == 200
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80).startswith("error"), 20)
+
+    def backend_not_found() -> bool:
+        parents = get(cp, f"/apis/{GW}/namespaces/{APP}/tcproutes/tcp")["status"]["parents"]
+        return condition(parents[0]["conditions"], "ResolvedRefs") == ("False", "BackendNotFound")
+
+    wait_for(backend_not_found, 20)
+
+
+def test_reference_grant_switches_a_cross_namespace_backend_on_and_off(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    cp = setup
+    be3 = lab.backends[2].ip4
+    cp.apply(gateway())
+    cp.apply(service("vault", namespace="backends"))
+    cp.apply(slice_("vault", [be3], namespace="backends"))
+    cp.apply(l4_route("TCPRoute", "cross", "cross", "vault", namespace="backends"))
+    agent.start()
+    route_path = f"/apis/{GW}/namespaces/{APP}/tcproutes/cross"
+
+    def resolved() -> tuple[str, str]:
+        parents = (get(cp, route_path).get("status") or {}).get("parents") or [
+            {"conditions": [{"type": "ResolvedRefs", "status": "?", "reason": "?"}]}
+        ]
+        return condition(parents[0]["conditions"], "ResolvedRefs")
+
+    wait_for(lambda: resolved() == ("False", "RefNotPermitted"), 20)
+    assert lab.call(lab.client, tcp_ask, VIP, 81).startswith("error")
+    grant = {
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "shop-to-vault", "namespace": "backends"},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": APP}],
+            "to": [{"group": "", "kind": "Service"}],
+        },
+    }
+    cp.apply(grant)
+    took = wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 81) == "be3", 20)
+    print(f"\nReferenceGrant created: traffic after {took:.2f}s")
+    wait_for(lambda: resolved() == ("True", "ResolvedRefs"), 20)
+    status, _ = cp.request(
+        "DELETE",
+        "/apis/gateway.networking.k8s.io/v1beta1/namespaces/backends/referencegrants/shop-to-vault",
+    )
+    assert status == 200
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 81).startswith("error"), 20)
+    wait_for(lambda: resolved() == ("False", "RefNotPermitted"), 20)
+
+
+def test_only_the_lease_holder_writes_status_and_a_survivor_takes_over(
+    setup: ControlPlane, lab: Lab, tmp_path: Path
+) -> None:
+    cp = setup
+    cp.apply(gateway())
+    cp.apply(service("blue"))
+    cp.apply(l4_route("TCPRoute", "tcp", "tcp", "blue"))
+    with Lab(backends=1) as lab_b:
+        a = KubeAgent(cp, lab, tmp_path, "node-a", 19472)
+        b = KubeAgent(cp, lab_b, tmp_path, "node-b", 19473)
+        try:
+            a.start()
+            b.start()
+            lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/gatewaylb-status"
+            wait_for(lambda: cp.request("GET", lease_path)[0] == 200, 20)
+            holder = get(cp, lease_path)["spec"]["holderIdentity"]
+            assert holder in ("node-a", "node-b")
+            leader, follower = (a, b) if holder == "node-a" else (b, a)
+            # Both program their nodes.
+            assert (
+                lab.call(lab.client, tcp_ask, VIP, 80) != "" and follower.ready() and leader.ready()
+            )
+            assert "event=lease_acquired" in leader.log.read_text()
+            assert "event=lease_acquired" not in follower.log.read_text()
+            leader.kill()
+            t0 = time.monotonic()
+            wait_for(lambda: get(cp, lease_path)["spec"]["holderIdentity"] == follower.node, 30)
+            took = time.monotonic() - t0
+            print(f"\nstatus writer failover after {took:.1f}s (lease duration 15s)")
+            assert took < 25
+            # The new writer really writes: a fresh route gets its status.
+            cp.apply(l4_route("TCPRoute", "tcp-after-failover", "tcp", "blue"))
+            path = f"/apis/{GW}/namespaces/{APP}/tcproutes/tcp-after-failover"
+            wait_for(lambda: bool((get(cp, path).get("status") or {}).get("parents")), 20)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_api_server_restart_keeps_traffic_flowing_and_later_changes_converge(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    cp = setup
+    be1, be2 = lab.backends[0].ip4, lab.backends[1].ip4
+    for obj in (
+        service("blue"),
+        slice_("blue", [be1]),
+        gateway(),
+        l4_route("TCPRoute", "tcp", "tcp", "blue"),
+    ):
+        cp.apply(obj)
+    agent.start()
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be1", 20)
+
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def steady() -> None:
+        while not stop.is_set():
+            answers.append(tcp_ask(VIP, 80))
+            time.sleep(0.02)
+
+    client = threading.Thread(target=lab.call, args=(lab.client, steady), daemon=True)
+    client.start()
+    try:
+        t0 = time.monotonic()
+        cp.restart_apiserver()  # down for its whole restart; the agent runs on its last state
+        down = time.monotonic() - t0
+        cp.apply(slice_("blue", [be2]))
+        took = wait_for(lambda: "be2" in answers[-5:], 90)
+    finally:
+        stop.set()
+        client.join(10)
+    failed = [a for a in answers if a not in ("be1", "be2")]
+    print(
+        f"\nAPI server down {down:.1f}s: {len(answers)} connections, {len(failed)} failed; "
+        f"a change after the restart converged in {took:.1f}s"
+    )
+    assert not failed, failed[:5]
