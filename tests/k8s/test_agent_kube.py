@@ -8,6 +8,7 @@ namespace and reaches it through a loopback relay (relay.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
 import socket
@@ -437,3 +438,62 @@ def test_api_server_restart_keeps_traffic_flowing_and_later_changes_converge(
         f"a change after the restart converged in {took:.1f}s"
     )
     assert not failed, failed[:5]
+
+
+def test_bad_input_through_the_api_is_reported_and_the_agent_keeps_serving(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    """Objects the API server accepts but that make no sense, a big object, and
+    1k routes on one listener: each gets its status; valid VIPs keep working."""
+    cp = setup
+    be1 = lab.backends[0].ip4
+    for obj in (
+        service("blue"),
+        slice_("blue", [be1]),
+        gateway(),
+        l4_route("TCPRoute", "tcp", "tcp", "blue"),
+    ):
+        cp.apply(obj)
+    odd = gateway()
+    odd["metadata"]["name"] = "odd"
+    odd["spec"]["addresses"] = [{"value": vip4(31)}]
+    odd["spec"]["listeners"] = [
+        {"name": "sctp", "protocol": "SCTP", "port": 80},  # valid syntax, unsupported
+        {"name": "tcp-a", "protocol": "TCP", "port": 90},
+        {"name": "http-a", "protocol": "HTTP", "port": 90},  # conflicts with tcp-a
+    ] + [
+        {"name": f"pad{i}", "protocol": "UDP", "port": 1000 + i} for i in range(61)
+    ]  # 64 listeners
+    cp.apply(odd)
+    # On listener "cross", created before the crowd below: the oldest, so it is
+    # the one that carries (here: refuses) the listener's traffic.
+    ghost = l4_route("TCPRoute", "ghost", "cross", "no-such-service")
+    cp.apply(ghost)
+    agent.start()
+    crowd = [l4_route("TCPRoute", f"crowd{i}", "cross", "blue") for i in range(1000)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(cp.apply, crowd))
+    gw_path = f"/apis/{GW}/namespaces/{APP}/gateways"
+
+    def listener(gateway_name: str, name: str) -> dict[str, Any]:
+        status = get(cp, f"{gw_path}/{gateway_name}").get("status") or {}
+        return next((ls for ls in status.get("listeners") or [] if ls["name"] == name), {})
+
+    wait_for(lambda: listener("edge", "cross").get("attachedRoutes") == 1001, 60)
+    assert condition(listener("odd", "sctp")["conditions"], "Accepted") == (
+        "False",
+        "UnsupportedProtocol",
+    )
+    assert condition(listener("odd", "tcp-a")["conditions"], "Conflicted") == (
+        "True",
+        "ProtocolConflict",
+    )
+    odd_status = get(cp, f"{gw_path}/odd")["status"]
+    assert condition(odd_status["conditions"], "Accepted") == ("True", "ListenersNotValid")
+    ghost_status = get(cp, f"/apis/{GW}/namespaces/{APP}/tcproutes/ghost")["status"]["parents"][0]
+    assert condition(ghost_status["conditions"], "ResolvedRefs") == ("False", "BackendNotFound")
+    # Only the oldest route of "cross" (ghost) carries traffic: refused, never
+    # handed to the crowd's backends; the other listener is untouched.
+    assert lab.call(lab.client, tcp_ask, VIP, 81).startswith("error")
+    assert lab.call(lab.client, tcp_ask, VIP, 80) == "be1"
+    assert agent.proc is not None and agent.proc.poll() is None
