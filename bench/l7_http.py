@@ -6,7 +6,7 @@ gatewaylb proxy worker (HAProxy, one HTTPRoute with a path match and a request
 header filter) on a VIP added to its `lo`.  `wrk` in the client namespace
 measures requests/s and p99 latency for both paths; a ratio table is printed.
 
-    .venv/bin/python bench/http.py [--duration S] [--connections N] [--threads T]
+    .venv/bin/python bench/l7_http.py [--duration S] [--connections N] [--threads T]
 
 Target (from the issue): through the VIP >= 70% of the direct throughput on a
 2-core machine.  Needs root (network namespaces).
@@ -80,7 +80,7 @@ def main() -> int:
     p.add_argument("--proxy-threads", type=int, default=None)
     args = p.parse_args()
     if os.geteuid() != 0:
-        print("bench/http.py: needs root (network namespaces); skipped")
+        print("bench/l7_http.py: needs root (network namespaces); skipped")
         return 0
     with Lab(backends=1) as lab, tempfile.TemporaryDirectory(prefix="glbp-bench-") as tmp:
         be = lab.backends[0]
