@@ -93,7 +93,12 @@ def service(r: int) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": f"svc{r}", "namespace": NS},
-        "spec": {"ports": [{"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": PORT}]},
+        # Headless: the test API server's service range is a /24, and the agent
+        # never uses cluster IPs anyway (it balances to endpoints).
+        "spec": {
+            "clusterIP": "None",
+            "ports": [{"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": PORT}],
+        },
     }
 
 
