@@ -27,7 +27,7 @@ from agent.proxy.reconciler import Problem, ProxyReconciler
 from agent.sources.base import Source
 from agent.state import DesiredState
 from agent.statuswriter import StatusWriter
-from agent.translate import translate
+from agent.translate import Translation, translate
 
 log = logging.getLogger("gatewaylb.agent")
 
@@ -65,6 +65,8 @@ class Agent:
         self._last_status_doc: str | None = None
         self._synced_snapshot: Snapshot | None = None
         self._proxy_problems: tuple[Problem, ...] = ()
+        self._status_pending: tuple[Snapshot, Translation] | None = None
+        self._status_ready = asyncio.Event()
         self.ready = False
         self.syncs = 0
         metrics.add_kernel_counters(self._labelled_counters)
@@ -106,8 +108,10 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             watch = tg.create_task(self._watch())
             supervisor = tg.create_task(self._supervise_proxy()) if self._proxy else None
+            status = tg.create_task(self._status_loop())
             await self._sync_loop()
             watch.cancel()
+            status.cancel()
             if supervisor is not None:
                 supervisor.cancel()
         log.info("event=stopped kernel_state=kept")
@@ -197,11 +201,15 @@ class Agent:
             )
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
-        for writer in self._status_writers:
-            try:
-                await asyncio.to_thread(writer.write, snapshot, result)
-            except Exception:
-                log.exception("event=status_write_failed writer=%s", type(writer).__name__)
+        # Status is written beside the sync loop, latest result first, so a slow
+        # API server (thousands of status patches) never delays programming the
+        # next change.  The first sync writes inline: once /readyz says ready,
+        # the status of what is programmed is there too.
+        if not self.ready:
+            await self._write_status(snapshot, result)
+        else:
+            self._status_pending = (snapshot, result)
+            self._status_ready.set()
         self._synced_snapshot = snapshot if not outcome.errors and proxy_ok else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
@@ -216,6 +224,21 @@ class Agent:
             (time.monotonic() - started) * 1000,
         )
         return not outcome.errors and proxy_ok
+
+    async def _write_status(self, snapshot: Snapshot, result: Translation) -> None:
+        for writer in self._status_writers:
+            try:
+                await asyncio.to_thread(writer.write, snapshot, result)
+            except Exception:
+                log.exception("event=status_write_failed writer=%s", type(writer).__name__)
+
+    async def _status_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._status_ready.wait()
+            self._status_ready.clear()
+            pending, self._status_pending = self._status_pending, None
+            if pending is not None:
+                await self._write_status(*pending)
 
     async def _reconcile_proxy(self, desired: DesiredState) -> bool:
         if self._proxy is None:

@@ -465,6 +465,8 @@ def test_bad_input_through_the_api_is_reported_and_the_agent_keeps_serving(
         {"name": f"pad{i}", "protocol": "UDP", "port": 1000 + i} for i in range(61)
     ]  # 64 listeners
     cp.apply(odd)
+    # Earlier tests' route on "cross" would be older than ghost: start without it.
+    cp.request("DELETE", f"/apis/{GW}/namespaces/{APP}/tcproutes/cross")
     # On listener "cross", created before the crowd below: the oldest, so it is
     # the one that carries (here: refuses) the listener's traffic.
     ghost = l4_route("TCPRoute", "ghost", "cross", "no-such-service")
