@@ -2,8 +2,9 @@
 
 One asyncio loop.  A watcher task marks the state dirty when the source may
 have changed; the sync task debounces bursts, translates, and hands the desired
-state to each reconciler in a worker thread (their kernel calls block).  A
-failed sync is retried with exponential back-off; it never stops the loop.
+state to each reconciler in a worker thread (their kernel calls block); a
+status task writes the latest result beside it.  A failed sync is retried
+with exponential back-off; it never stops the loop.
 Exiting (SIGTERM/SIGINT) leaves the kernel as it is, so traffic keeps flowing.
 """
 
@@ -62,7 +63,6 @@ class Agent:
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
         self._desired = DesiredState()
-        self._last_status_doc: str | None = None
         self._synced_snapshot: Snapshot | None = None
         self._proxy_problems: tuple[Problem, ...] = ()
         self._status_pending: tuple[Snapshot, Translation] | None = None
