@@ -31,6 +31,7 @@ from agent.dataplane.select import (
     programmed_dataplane,
 )
 from agent.election import LeaseElector
+from agent.events import EventRecorder
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
 from agent.output import dump, translation_document
@@ -199,6 +200,7 @@ def run_command(
     if status_file is not None:
         writers.append(FileStatusWriter(status_file))
     elector: LeaseElector | None = None
+    events: EventRecorder | None = None
     source: Source
     if manifests is not None:
         source = FileSource(manifests)
@@ -210,6 +212,7 @@ def run_command(
         kube = KubeSource(client)
         elector = LeaseElector(client, namespace=namespace, identity=node_name)
         writers.append(KubeStatusWriter(client, kube, controller_name, is_leader=elector.is_leader))
+        events = EventRecorder(client, node=node_name, controller=controller_name)
         kube.start()
         elector.start()
         source, where = kube, client.host
@@ -220,6 +223,7 @@ def run_command(
         settings=SyncSettings(controller_name=controller_name),
         status_writers=writers,
         proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()),
+        events=events,
     )
     server = HealthServer(metrics_address, metrics, lambda: agent.ready)
     server.start()

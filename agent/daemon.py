@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.dataplane.base import Dataplane, ReconcileResult
+from agent.events import EventRecorder, ObjectRef
 from agent.metrics import AgentMetrics, LabelledCounters
 from agent.model.snapshot import Snapshot
 from agent.proxy.feedback import apply_problems
@@ -52,6 +53,7 @@ class Agent:
         settings: SyncSettings,
         status_writers: Sequence[StatusWriter] = (),
         proxy: ProxyReconciler | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self._source = source
         self._dataplane = dataplane
@@ -59,6 +61,7 @@ class Agent:
         self._settings = settings
         self._status_writers = list(status_writers)
         self._proxy = proxy
+        self._events = events
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
@@ -199,6 +202,8 @@ class Agent:
             result = dataclasses.replace(
                 result, status=apply_problems(result.status, self._proxy_problems)
             )
+        if self._events is not None and (outcome.errors or self._proxy_problems):
+            await asyncio.to_thread(self._record_events, desired, outcome, self._proxy_problems)
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
         # Status is written beside the sync loop, latest result first, so a slow
@@ -224,6 +229,27 @@ class Agent:
             (time.monotonic() - started) * 1000,
         )
         return not outcome.errors and proxy_ok
+
+    def _record_events(
+        self, desired: DesiredState, outcome: ReconcileResult, problems: tuple[Problem, ...]
+    ) -> None:
+        """This node's failures, as Warning Events on the objects concerned."""
+        assert self._events is not None
+        sources = {f.key: f.source for f in desired.l4}
+        for (vip, proto, port), message in sorted(outcome.errors.items()):
+            src = sources.get((vip, proto, port))
+            if src is not None:
+                ref = ObjectRef("Gateway", src.namespace, src.gateway)
+                note = f"listener {src.listener}: {proto} {vip}:{port} not programmed: {message}"
+                self._events.warning(ref, "FrontendNotProgrammed", note)
+        for problem in problems:
+            kind, _, rest = problem.route.partition(" ")
+            namespace, _, name = rest.split(" ", 1)[0].partition("/")
+            if kind and namespace and name:
+                where = f"rule {problem.rule}: " if problem.rule is not None else ""
+                self._events.warning(
+                    ObjectRef(kind, namespace, name), "NotServedByProxy", where + problem.reason
+                )
 
     async def _write_status(self, snapshot: Snapshot, result: Translation) -> None:
         for writer in self._status_writers:

@@ -499,3 +499,60 @@ def test_bad_input_through_the_api_is_reported_and_the_agent_keeps_serving(
     assert lab.call(lab.client, tcp_ask, VIP, 81).startswith("error")
     assert lab.call(lab.client, tcp_ask, VIP, 80) == "be1"
     assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_what_this_node_cannot_serve_is_an_event_and_a_status(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    """A regex the API server and Python accept but HAProxy's PCRE use refuses
+    (a verbose-mode flag): the rule is left out, the route says PartiallyInvalid,
+    and the node tells which rule in a Warning Event on the route."""
+    cp = setup
+    web = gateway()
+    web["metadata"]["name"] = "web"
+    web["spec"]["addresses"] = [{"value": vip4(32)}]
+    web["spec"]["listeners"] = [{"name": "http", "protocol": "HTTP", "port": 8000}]
+    cp.apply(web)
+    cp.apply(service("blue"))
+    route = {
+        "apiVersion": GW,
+        "kind": "HTTPRoute",
+        "metadata": {"name": "weird", "namespace": APP},
+        "spec": {
+            "parentRefs": [{"name": "web"}],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "RegularExpression", "value": "(?x) /api"}}],
+                    "backendRefs": [{"name": "blue", "port": 80}],
+                },
+                {"backendRefs": [{"name": "blue", "port": 80}]},
+            ],
+        },
+    }
+    cp.apply(route)
+    agent.start()
+    path = f"/apis/{GW}/namespaces/{APP}/httproutes/weird"
+
+    def partially_invalid() -> bool:
+        parents = (get(cp, path).get("status") or {}).get("parents") or []
+        conds = parents[0]["conditions"] if parents else []
+        return any(c["type"] == "PartiallyInvalid" and c["status"] == "True" for c in conds)
+
+    wait_for(partially_invalid, 30)
+
+    def event() -> dict[str, Any] | None:
+        items = get(cp, f"/apis/events.k8s.io/v1/namespaces/{APP}/events")["items"]
+        return next(
+            (
+                e
+                for e in items
+                if e["regarding"]["name"] == "weird" and e["reason"] == "NotServedByProxy"
+            ),
+            None,
+        )
+
+    wait_for(lambda: event() is not None, 30)
+    found = event()
+    assert found is not None
+    assert found["type"] == "Warning" and found["reportingInstance"] == "node-a"
+    assert "rule 0" in found["note"] and "node node-a" in found["note"]
