@@ -13,22 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from agent.sources.kubeapi import ApiError, KubeClient
+from agent.sources.kubeapi import ApiError, KubeClient, micro_time, parse_micro_time
 
 log = logging.getLogger(__name__)
-
-
-def micro_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_micro_time(text: str) -> float:
-    text = text.rstrip("Z")
-    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
-    return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
 
 
 class LeaseElector:

@@ -14,9 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from agent.sources.kubeapi import ApiError, KubeClient
+from agent.sources.kubeapi import ApiError, KubeClient, micro_time
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,6 @@ class EventRecorder:
             if last is not None and now - last < self._repeat_after:
                 return
             self._sent[key] = now
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
@@ -67,7 +65,7 @@ class EventRecorder:
                 "name": f"{ref.name[:200]}.{int(now * 1e9):x}",
                 "namespace": ref.namespace or "default",
             },
-            "eventTime": stamp,
+            "eventTime": micro_time(now),
             "type": "Warning",
             "reason": reason,
             "action": "Program",

@@ -86,13 +86,15 @@ class VIPAddresses:
         with self._ipr() as ipr:
             return self._dump(ipr, self._index(ipr))[0]
 
-    def reconcile(self, vips: Iterable[str]) -> AddressChange:
+    def reconcile(self, vips: Iterable[str], *, remove: bool = True) -> AddressChange:
+        """Make our addresses exactly `vips`; with remove=False only add the
+        missing ones (a caller that must bind before it may unbind)."""
         want = {str(ipaddress.ip_address(v)) for v in vips}
         with self._ipr() as ipr:
             index = self._index(ipr)
             ours, foreign = self._dump(ipr, index)
             added = sorted(want - ours - foreign, key=_sort_key)
-            removed = sorted(ours - want, key=_sort_key)
+            removed = sorted(ours - want, key=_sort_key) if remove else []
             for addr in added:
                 self._add(ipr, index, addr)
             for addr in removed:

@@ -92,7 +92,6 @@ TC_PRIO: Final = 0xC1A0  # one well-known priority/handle per hook: replace is a
 TC_HANDLE: Final = 0x1
 TC_INGRESS: Final = "ffff:fff2"
 TC_EGRESS: Final = "ffff:fff3"
-BPF_FS_MAGIC: Final = 0xCAFE4A11
 
 PROTO_NUM: Final = {TCP: socket.IPPROTO_TCP, UDP: socket.IPPROTO_UDP}
 PROTO_NAME: Final = {v: k for k, v in PROTO_NUM.items()}
@@ -339,7 +338,9 @@ def possible_cpus() -> int:
     return count
 
 
-def _on_bpffs(path: Path) -> bool:
+def mount_fstype(path: Path) -> str:
+    """The type of the filesystem `path` is (or would be) on: the mount with
+    the longest prefix of it in /proc/self/mountinfo ("bpf", "cgroup2", ...)."""
     best, fstype = "", ""
     target = str(path)
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -348,7 +349,11 @@ def _on_bpffs(path: Path) -> bool:
         sep = fields.index("-")
         if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
             best, fstype = mnt, fields[sep + 1]
-    return fstype == "bpf"
+    return fstype
+
+
+def on_bpffs(path: Path) -> bool:
+    return mount_fstype(path) == "bpf"
 
 
 class BpfMap:
@@ -563,10 +568,6 @@ class ExtentPool:
                 merged.append((o, s))
         self._free = merged
 
-    @property
-    def free_slots(self) -> int:
-        return sum(s for _, s in self._free)
-
 
 # -- what is programmed, as the agent sees it ------------------------------------------
 
@@ -690,7 +691,7 @@ class EbpfDataplane:
         self._quarantine_extents: list[tuple[int, int]] = []
         self._quarantine_ids: list[int] = []
 
-        if not _on_bpffs(self.pin_dir.parent if not self.pin_dir.exists() else self.pin_dir):
+        if not on_bpffs(self.pin_dir):
             raise EbpfError(
                 f"{self.pin_dir} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)"
             )

@@ -503,25 +503,40 @@ class NftablesDataplane:
         return {n for n in names if R.is_our_table(n)}
 
     def _read(self, tables: set[str], use_netlink: bool = True) -> R.ParsedTable:
-        """Our tables as one consistent snapshot, parsed: a netlink dump, or
-        libnftables listings when netlink fails (same result, 5-10x slower)."""
+        """Our tables as one consistent snapshot, parsed."""
+        # One command each: libnftables limits its cache fill to a listed table.
+        cmds = [{"list": {"table": {"family": R.FAMILY, "name": n}}} for n in sorted(tables)]
+        return self._read_parsed(
+            "tables",
+            use_netlink,
+            lambda nl, parsed: read_tables(nl, tables, parsed),
+            [(cmd, R.parse_table) for cmd in cmds],
+        )
+
+    def _read_parsed(
+        self,
+        what: str,
+        use_netlink: bool,
+        from_netlink: Callable[[Any, R.ParsedTable], None],
+        from_nft: list[tuple[dict[str, Any], Callable[[Any, R.ParsedTable], object]]],
+    ) -> R.ParsedTable:
+        """A netlink dump repeated until consistent, or libnftables listings
+        when netlink fails (same result, 5-10x slower)."""
         nl = self._nl
         if nl is not None and use_netlink:
 
             def read() -> R.ParsedTable:
                 parsed = R.ParsedTable()
-                read_tables(nl, tables, parsed)
+                from_netlink(nl, parsed)
                 return parsed
 
             try:
                 return nl.consistent(read)
             except OSError as exc:
-                log.warning("event=netlink_read_failed what=tables error=%r", exc)
+                log.warning("event=netlink_read_failed what=%s error=%r", what, exc)
         parsed = R.ParsedTable()
-        cmds = [{"list": {"table": {"family": R.FAMILY, "name": n}}} for n in sorted(tables)]
-        # One command each: libnftables limits its cache fill to a listed table.
-        for cmd in cmds:
-            R.parse_table(self._run([cmd]), parsed)
+        for cmd, parse in from_nft:
+            parse(self._run([cmd]), parsed)
         return parsed
 
     def _adopt(self) -> None:
@@ -851,23 +866,15 @@ class NftablesDataplane:
 
     def _read_counter_sets(self, use_netlink: bool = True) -> R.ParsedTable:
         names = ("bcnt4", "fcnt4", "bcnt6", "fcnt6")
-        nl = self._nl
-        if nl is not None and use_netlink:
-
-            def read() -> R.ParsedTable:
-                parsed = R.ParsedTable()
-                read_sets(nl, names, parsed)
-                return parsed
-
-            try:
-                return nl.consistent(read)
-            except OSError as exc:
-                log.warning("event=netlink_read_failed what=counters error=%r", exc)
-        parsed = R.ParsedTable()
-        for n in names:
-            cmd = {"list": {"set": {"family": R.FAMILY, "table": R.TABLE, "name": n}}}
-            R.parse_sets(self._run([cmd]), parsed)
-        return parsed
+        return self._read_parsed(
+            "counters",
+            use_netlink,
+            lambda nl, parsed: read_sets(nl, names, parsed),
+            [
+                ({"list": {"set": {"family": R.FAMILY, "table": R.TABLE, "name": n}}}, R.parse_sets)
+                for n in names
+            ],
+        )
 
     def programmed(self) -> list[ProgrammedFrontend]:
         """Read back from the kernel: every shard's frontend chains."""

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.dataplane.base import Dataplane
+from agent.dataplane.ebpf import mount_fstype, on_bpffs
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "ebpf", "nftables")
 DEFAULT_BPF_PIN_DIR = "/sys/fs/bpf/gatewaylb"
 BPF_FS = Path("/sys/fs/bpf")
-BPF_FS_MAGIC = 0xCAFE4A11
 
 
 class DataplaneUnavailable(RuntimeError):
@@ -35,23 +35,6 @@ class DataplaneOptions:
     interfaces: tuple[str, ...] = ()
     bpf_pin_dir: str = DEFAULT_BPF_PIN_DIR
     cgroup_path: str | None = None
-
-
-def _statfs_type(path: Path) -> int | None:
-    class StatFs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 120)]
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    buf = StatFs()
-    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        return None
-    return int(buf.f_type) & 0xFFFFFFFF
-
-
-def on_bpffs(path: Path) -> bool:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return _statfs_type(path) == BPF_FS_MAGIC
 
 
 def ensure_bpffs(pin_dir: str) -> None:
@@ -69,13 +52,10 @@ def ensure_bpffs(pin_dir: str) -> None:
     log.info("event=bpffs_mounted path=%s", BPF_FS)
 
 
-CGROUP2_MAGIC = 0x63677270
-
-
 def cgroup2_root() -> str | None:
     """Where the cgroup v2 hierarchy is mounted (pure v2, or hybrid's "unified")."""
     for candidate in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        if _statfs_type(candidate) == CGROUP2_MAGIC:
+        if mount_fstype(candidate) == "cgroup2":
             return str(candidate)
     return None
 

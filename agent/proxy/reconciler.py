@@ -30,7 +30,7 @@ class ProxyReconciler:
             self.addresses.reconcile(wanted)
             return ApplyResult(True, False)
         # Add first (binds need them), remove after the new config is in force.
-        self.addresses.reconcile(wanted | self.addresses.current())
+        self.addresses.reconcile(wanted, remove=False)
         result = self.worker.apply(desired.l7)
         if result.ok:
             self.addresses.reconcile(wanted)

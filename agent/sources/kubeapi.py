@@ -15,12 +15,24 @@ import logging
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
 
 log = logging.getLogger(__name__)
+
+
+def micro_time(ts: float) -> str:
+    """Kubernetes' MicroTime (Lease renewTime, Event eventTime)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_micro_time(text: str) -> float:
+    text = text.rstrip("Z")
+    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
 
 
 class ApiError(Exception):

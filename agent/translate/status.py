@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent.model.meta import GATEWAY_GROUP
-
 # Condition types
 ACCEPTED = "Accepted"
 PROGRAMMED = "Programmed"
@@ -195,11 +193,3 @@ class StatusReport:
 
     def to_list(self) -> list[dict[str, Any]]:
         return [o.to_dict() for o in self.objects]
-
-
-def default_api_version(kind: str) -> str:
-    return f"{GATEWAY_GROUP}/v1"
-
-
-def condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Condition:
-    return Condition(type_, ok, reason, message, generation)
