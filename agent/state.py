@@ -161,17 +161,69 @@ class L7Listener:
     tcp_backends: BackendSet | None = None
 
 
+# -- announcement -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A VIP this node may announce.  `ready` is False when no listener on it
+    can take a new flow (every backend gone): BGP then withdraws it, so the
+    router stops sending traffic this node would refuse."""
+
+    vip: str
+    ready: bool
+    gateways: tuple[str, ...]  # namespace/name of the Gateways using it
+
+
+@dataclass(frozen=True, slots=True)
+class BGPPeer:
+    address: str
+    asn: int
+    port: int = 179
+    password: str = dataclasses.field(default="", repr=False)
+    hold_time: int = 90  # seconds; keepalive is a third of it unless set
+    keepalive_time: int = 0
+    ebgp_multihop: int = 0  # TTL; 0 = directly connected
+    source: str = ""  # GatewayLBConfig name, for logs and conditions
+
+
+@dataclass(frozen=True, slots=True)
+class BGPSettings:
+    local_asn: int
+    peers: tuple[BGPPeer, ...]
+    router_id: str = ""  # "" = this node's address towards the first peer
+    graceful_restart: bool = True
+    restart_time: int = 120  # seconds a peer keeps our routes while we restart
+
+
+@dataclass(frozen=True, slots=True)
+class L2Settings:
+    interfaces: tuple[str, ...]  # empty = every interface with a route to the VIP's subnet
+    heartbeat_interval_ms: int = 200
+    dead_after_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceSettings:
+    l2: L2Settings | None = None
+    bgp: BGPSettings | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredState:
     vips: tuple[str, ...] = ()
     l4: tuple[L4Frontend, ...] = ()
     l7: tuple[L7Listener, ...] = ()
+    announcements: tuple[Announcement, ...] = ()
+    announce: AnnounceSettings = AnnounceSettings()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "vips": list(self.vips),
             "l4": [_plain(f) for f in self.l4],
             "l7": [_plain(listener) for listener in self.l7],
+            "announcements": [_plain(a) for a in self.announcements],
+            "announce": _plain(self.announce),
         }
 
 
@@ -190,9 +242,15 @@ def _plain(value: Any) -> Any:
         out: dict[str, Any] = {}
         for name in _field_names(type(value)):
             item = getattr(value, name)
-            if item is not None:
+            if name == "password" and item:
+                out[name] = _fingerprint(item.encode())
+            elif item is not None:
                 out[name] = _plain(item)
         return out
     if isinstance(value, bytes):
-        return "sha256:" + hashlib.sha256(value).hexdigest()[:16]
+        return _fingerprint(value)
     return value
+
+
+def _fingerprint(secret: bytes) -> str:
+    return "sha256:" + hashlib.sha256(secret).hexdigest()[:16]
