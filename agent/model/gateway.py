@@ -119,6 +119,9 @@ class Gateway:
     listeners: tuple[Listener, ...]
     addresses: tuple[GatewayAddress, ...]
     infrastructure_parameters_ref: ParametersReference | None
+    # status.addresses as last written: the record that keeps an address taken
+    # from a pool stable across restarts and agents (see translate/ipam.py).
+    status_addresses: tuple[str, ...] = ()
 
     def listener(self, name: str) -> Listener | None:
         for listener in self.listeners:
@@ -294,7 +297,22 @@ def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
         infrastructure_parameters_ref=(
             _parameters_ref(infra_ref, namespaced=False) if infra_ref else None
         ),
+        status_addresses=_status_addresses(doc.raw("status")),
     )
+
+
+def _status_addresses(status: object) -> tuple[str, ...]:
+    """IP addresses from a Gateway's status, read leniently: status is written
+    by a controller, and a damaged one must not make the Gateway invalid."""
+    if not isinstance(status, dict) or not isinstance(status.get("addresses"), list):
+        return ()
+    out: list[str] = []
+    for item in status["addresses"][:16]:
+        if isinstance(item, dict) and item.get("type", "IPAddress") == "IPAddress":
+            value = item.get("value")
+            if isinstance(value, str) and len(value) <= 64:
+                out.append(value)
+    return tuple(out)
 
 
 def parse_reference_grant(doc: Fields, meta: ObjectMeta) -> ReferenceGrant:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.gcpause import gc_paused
+from agent.model.config import CONFIG_GROUP, CONFIG_KIND, GatewayLBConfig, parse_config
 from agent.model.core import (
     EndpointSlice,
     Namespace,
@@ -64,8 +65,9 @@ SERVED_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Namespace": ("", ("v1",)),
     "Secret": ("", ("v1",)),
     "EndpointSlice": ("discovery.k8s.io", ("v1",)),
+    CONFIG_KIND: (CONFIG_GROUP, ("v1alpha1",)),
 }
-CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
+CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace", CONFIG_KIND})
 ROUTE_KINDS = (HTTP_ROUTE, GRPC_ROUTE, *L4_ROUTE_KINDS)
 
 
@@ -104,6 +106,7 @@ Parsed = (
     | EndpointSlice
     | Namespace
     | Secret
+    | GatewayLBConfig
     | InvalidObject
 )
 
@@ -120,6 +123,7 @@ class Snapshot:
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
     secrets: tuple[Secret, ...] = ()
+    configs: tuple[GatewayLBConfig, ...] = ()
     invalid: tuple[InvalidObject, ...] = ()
     problems: tuple[LoadProblem, ...] = ()
 
@@ -134,6 +138,7 @@ _SPEC_PARSERS: dict[str, Callable[[Fields, ObjectMeta], Any]] = {
     "Namespace": parse_namespace,
     "Secret": parse_secret,
     "EndpointSlice": parse_endpoint_slice,
+    CONFIG_KIND: parse_config,
 }
 
 
@@ -259,6 +264,7 @@ class SnapshotBuilder:
             endpoint_slices=of(EndpointSlice),
             namespaces=of(Namespace),
             secrets=of(Secret),
+            configs=of(GatewayLBConfig),
             invalid=of(InvalidObject),
             problems=tuple(self._problems),
         )

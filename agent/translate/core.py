@@ -9,11 +9,14 @@ desired state built from what is accepted and programmable.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent.gcpause import gc_paused
+from agent.model.config import CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.meta import Key, ObjectMeta, age_order
 from agent.model.routes import (
     GRPC_ROUTE,
@@ -34,7 +37,10 @@ from agent.model.snapshot import InvalidObject, Snapshot
 from agent.state import (
     TCP,
     UDP,
+    Announcement,
+    AnnounceSettings,
     BackendSet,
+    BGPPeer,
     DesiredState,
     FrontendSource,
     L4Frontend,
@@ -54,6 +60,7 @@ from agent.translate.gateways import (
     L4_PROTOCOLS,
     GatewayState,
     ListenerState,
+    assign_addresses,
     claim_ports,
     evaluate_gateway,
     gateway_class_status,
@@ -103,21 +110,39 @@ class RouteResult:
         return bool(self.rules)
 
 
-def translate(snapshot: Snapshot, controller_name: str = DEFAULT_CONTROLLER_NAME) -> Translation:
+def translate(
+    snapshot: Snapshot,
+    controller_name: str = DEFAULT_CONTROLLER_NAME,
+    prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
+) -> Translation:
+    """`prior_addresses`: the addresses Gateways held when this agent last
+    wrote status (a standalone agent's status file); Kubernetes Gateways carry
+    theirs in status.addresses."""
     with gc_paused():
-        return _translate(snapshot, controller_name)
+        return _translate(snapshot, controller_name, prior_addresses or {})
 
 
-def _translate(snapshot: Snapshot, controller_name: str) -> Translation:
+def _translate(
+    snapshot: Snapshot, controller_name: str, prior_addresses: Mapping[Key, tuple[str, ...]]
+) -> Translation:
     index = SnapshotIndex.build(snapshot)
     statuses: list[ObjectStatus] = []
 
+    all_configs: dict[str, GatewayLBConfig | InvalidObject] = {
+        c.meta.name: c for c in snapshot.configs
+    }
+    for inv in snapshot.invalid:
+        if inv.kind == CONFIG_KIND:
+            all_configs[inv.meta.name] = inv
     classes: dict[str, bool] = {}
+    configs: dict[str, GatewayLBConfig] = {}  # class name -> its config
     for gc in snapshot.gateway_classes:
         if gc.controller_name != controller_name:
             continue
-        class_status, ok = gateway_class_status(gc, SUPPORTED_FEATURES)
+        class_status, config, ok = gateway_class_status(gc, SUPPORTED_FEATURES, all_configs)
         classes[gc.meta.name] = ok
+        if config is not None:
+            configs[gc.meta.name] = config
         statuses.append(_object_status("GatewayClass", gc.meta, class_status))
     for inv in snapshot.invalid:
         if inv.kind == "GatewayClass" and inv.controller_name == controller_name:
@@ -125,9 +150,14 @@ def _translate(snapshot: Snapshot, controller_name: str) -> Translation:
             statuses.append(_object_status("GatewayClass", inv.meta, invalid_class_status(inv)))
 
     gateways: dict[Key, GatewayState] = {}
+    pools_of: dict[Key, tuple[AddressPool, ...]] = {}
     for gw in snapshot.gateways:
         if gw.class_name in classes:
-            gateways[gw.meta.key] = evaluate_gateway(gw, classes[gw.class_name], index)
+            config = configs.get(gw.class_name)
+            pools = config.pools if config is not None else None
+            gateways[gw.meta.key] = evaluate_gateway(gw, classes[gw.class_name], index, pools)
+            pools_of[gw.meta.key] = pools or ()
+    assign_addresses(gateways.values(), pools_of, prior_addresses)
     claim_ports(list(gateways.values()))
     for state in gateways.values():
         state.settle()
@@ -156,7 +186,7 @@ def _translate(snapshot: Snapshot, controller_name: str) -> Translation:
     for state in gateways.values():
         statuses.append(_object_status("Gateway", state.gateway.meta, state.status()))
 
-    desired = _desired_state(gateways, results)
+    desired = _desired_state(gateways, results, _announce_settings(snapshot, configs))
     statuses.sort(key=lambda s: s.sort_key)
     return Translation(desired=desired, status=StatusReport(tuple(statuses)))
 
@@ -334,7 +364,64 @@ def _invalid_status(
 # -- desired state -------------------------------------------------------------------
 
 
-def _desired_state(gateways: dict[Key, GatewayState], results: list[RouteResult]) -> DesiredState:
+def _announce_settings(
+    snapshot: Snapshot, configs: Mapping[str, GatewayLBConfig]
+) -> AnnounceSettings:
+    """One node has one set of announcement settings: the oldest GatewayClass's
+    config decides the timers and the BGP ASN; interfaces, and the peers of
+    configs with the same ASN, are merged."""
+    ordered = [
+        configs[gc.meta.name]
+        for gc in sorted(snapshot.gateway_classes, key=lambda c: age_order(c.meta))
+        if gc.meta.name in configs
+    ]
+    l2s = [c.l2 for c in ordered if c.l2 is not None]
+    bgps = [c.bgp for c in ordered if c.bgp is not None]
+    l2 = None
+    if l2s:
+        interfaces = tuple(dict.fromkeys(i for s in l2s for i in s.interfaces))
+        l2 = dataclasses.replace(l2s[0], interfaces=interfaces)
+    bgp = None
+    if bgps:
+        peers: dict[str, BGPPeer] = {}
+        for settings in bgps:
+            if settings.local_asn == bgps[0].local_asn:
+                for peer in settings.peers:
+                    peers.setdefault(peer.address, peer)
+        bgp = dataclasses.replace(bgps[0], peers=tuple(peers.values()))
+    return AnnounceSettings(l2=l2, bgp=bgp)
+
+
+def _announcements(
+    gateways: Mapping[Key, GatewayState], l4: list[L4Frontend], l7: list[L7Listener]
+) -> tuple[Announcement, ...]:
+    ready: set[str] = {f.vip for f in l4 if f.accepts_new_flows}
+    for listener in l7:
+        if _l7_has_endpoints(listener):
+            ready.update(listener.vips)
+    users: dict[str, list[str]] = {}
+    for key in sorted(gateways):
+        state = gateways[key]
+        if state.programmed:
+            for vip in state.vips:
+                users.setdefault(vip, []).append(str(key))
+    return tuple(
+        Announcement(vip, vip in ready, tuple(users[vip]))
+        for vip in sorted(users, key=_ip_sort_key)
+    )
+
+
+def _l7_has_endpoints(listener: L7Listener) -> bool:
+    sets = [e.backends for vh in listener.virtual_hosts for e in vh.routes]
+    sets += [t.backends for t in listener.tls_routes]
+    if listener.tcp_backends is not None:
+        sets.append(listener.tcp_backends)
+    return any(svc.endpoints for bs in sets for svc in bs.services)
+
+
+def _desired_state(
+    gateways: dict[Key, GatewayState], results: list[RouteResult], announce: AnnounceSettings
+) -> DesiredState:
     # listener -> the servable routes attached to it, with their hostnames there.
     attached: dict[int, list[tuple[RouteResult, tuple[str, ...]]]] = {}
     for result in results:
@@ -366,6 +453,8 @@ def _desired_state(gateways: dict[Key, GatewayState], results: list[RouteResult]
         vips=tuple(sorted(vips, key=_ip_sort_key)),
         l4=tuple(sorted(l4, key=lambda f: (_ip_sort_key(f.vip), f.protocol, f.port))),
         l7=tuple(l7),
+        announcements=_announcements(gateways, l4, l7),
+        announce=announce,
     )
 
 

@@ -11,14 +11,17 @@ import base64
 import binascii
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.model.gateway import Gateway, GatewayClass, Listener
+from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
+from agent.model.gateway import Gateway, GatewayClass, Listener, ParametersReference
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_order
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
 from agent.model.snapshot import InvalidObject
 from agent.state import TLSCertificate
 from agent.translate.index import SnapshotIndex
+from agent.translate.ipam import AddressRequest, assign
 from agent.translate.refs import reference_permitted
 from agent.translate.status import (
     ACCEPTED,
@@ -157,6 +160,7 @@ class GatewayState:
     gateway: Gateway
     listeners: list[ListenerState]
     vips: tuple[str, ...] = ()
+    wanted: int = 0  # addresses still to be assigned from the class's pools
     # (reason, message) when the Gateway as a whole is not accepted / programmed.
     not_accepted: tuple[str, str] | None = None
     not_programmed: tuple[str, str] | None = None
@@ -222,20 +226,19 @@ class GatewayState:
 
 
 def gateway_class_status(
-    gc: GatewayClass, supported_features: tuple[str, ...]
-) -> tuple[GatewayClassStatus, bool]:
-    """The class's status and whether it is accepted."""
+    gc: GatewayClass,
+    supported_features: tuple[str, ...],
+    configs: Mapping[str, GatewayLBConfig | InvalidObject],
+) -> tuple[GatewayClassStatus, GatewayLBConfig | None, bool]:
+    """The class's status, its GatewayLBConfig (if it names one) and whether
+    it is accepted."""
     gen = gc.meta.generation
+    config: GatewayLBConfig | None = None
+    problem = None
     if gc.parameters_ref is not None:
-        ref = gc.parameters_ref
-        accepted = Condition(
-            ACCEPTED,
-            False,
-            R_INVALID_PARAMETERS,
-            f"parametersRef {ref.kind}.{ref.group or 'core'} {ref.name}: this controller "
-            "takes no parameters of that kind",
-            gen,
-        )
+        config, problem = _class_config(gc.parameters_ref, configs)
+    if problem is not None:
+        accepted = Condition(ACCEPTED, False, R_INVALID_PARAMETERS, problem, gen)
     else:
         accepted = Condition(ACCEPTED, True, R_ACCEPTED, "GatewayClass is accepted", gen)
     version = Condition(
@@ -245,7 +248,24 @@ def gateway_class_status(
         f"Gateway API {GATEWAY_API_VERSION} is supported",
         gen,
     )
-    return GatewayClassStatus((accepted, version), supported_features), accepted.status
+    status = GatewayClassStatus((accepted, version), supported_features)
+    return status, config, accepted.status
+
+
+def _class_config(
+    ref: ParametersReference, configs: Mapping[str, GatewayLBConfig | InvalidObject]
+) -> tuple[GatewayLBConfig | None, str | None]:
+    what = f"parametersRef {ref.kind}.{ref.group or 'core'} {ref.name}"
+    if (ref.group, ref.kind) != (CONFIG_GROUP, CONFIG_KIND):
+        return None, (
+            f"{what}: this controller takes parameters only of kind {CONFIG_KIND}.{CONFIG_GROUP}"
+        )
+    found = configs.get(ref.name)
+    if found is None:
+        return None, f"{what}: not found"
+    if isinstance(found, InvalidObject):
+        return None, f"{what} is invalid: {found.error}"
+    return found, None
 
 
 def invalid_class_status(inv: InvalidObject) -> GatewayClassStatus:
@@ -284,28 +304,74 @@ def _address_problem(gateway: Gateway) -> tuple[str, str] | None:
     return None
 
 
-def _usable_vips(gateway: Gateway) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+def _usable_vips(gateway: Gateway, pools: tuple[AddressPool, ...] | None) -> GatewayState:
+    """The addresses the Gateway names, and how many it leaves to the pools."""
+    state = GatewayState(gateway, [])
     vips: list[str] = []
     for i, addr in enumerate(gateway.addresses):
         if addr.value is None:
-            return (), (
-                R_ADDRESS_NOT_ASSIGNED,
-                f"spec.addresses[{i}] has no value and no address pool is configured",
-            )
+            state.wanted += 1
+            continue
         ip = ipaddress.ip_address(addr.value)
         if ip.is_unspecified or ip.is_multicast or ip.is_loopback or str(ip) == "255.255.255.255":
-            return (), (
+            state.not_programmed = (
                 R_ADDRESS_NOT_USABLE,
                 f"spec.addresses[{i}]: {ip} cannot be used as a virtual IP",
             )
+            return state
+        if pools and not any(p.contains(ip) for p in pools):
+            names = ", ".join(p.name for p in pools)
+            state.not_programmed = (
+                R_ADDRESS_NOT_USABLE,
+                f"spec.addresses[{i}]: {ip} is in none of the address pools of "
+                f"GatewayClass {gateway.class_name} ({names})",
+            )
+            return state
         if str(ip) not in vips:
             vips.append(str(ip))
-    if not vips:
-        return (), (
+    if not gateway.addresses:
+        state.wanted = 1
+    state.vips = tuple(vips)
+    if state.wanted and not pools:
+        state.wanted = 0
+        state.not_programmed = (
             R_ADDRESS_NOT_ASSIGNED,
-            "spec.addresses is empty and no address pool is configured",
+            "spec.addresses asks for an address to be assigned and GatewayClass "
+            f"{gateway.class_name} has no address pool (spec.parametersRef to a "
+            f"{CONFIG_KIND} with addressPools)",
         )
-    return tuple(vips), None
+    return state
+
+
+def assign_addresses(
+    states: Iterable[GatewayState],
+    pools_of: Mapping[Key, tuple[AddressPool, ...]],
+    prior: Mapping[Key, tuple[str, ...]],
+) -> None:
+    """Give Gateways that want addresses some from their pools (see ipam.py)."""
+    ordered = sorted(states, key=lambda s: age_order(s.gateway.meta))
+    claimed = [v for s in ordered if s.accepted for v in s.vips]
+    requests = []
+    for state in ordered:
+        if not state.wanted or not state.accepted or state.not_programmed is not None:
+            continue
+        auto = tuple(p for p in pools_of.get(state.key, ()) if p.auto_assign)
+        recorded = (*state.gateway.status_addresses, *prior.get(state.key, ()))
+        requests.append(AddressRequest(state.key, auto, state.wanted, recorded))
+    assigned = assign(requests, claimed)
+    for state in ordered:
+        if state.key not in assigned:
+            continue
+        got = assigned[state.key]
+        if got is None:
+            names = ", ".join(p.name for p in pools_of.get(state.key, ()) if p.auto_assign)
+            state.not_programmed = (
+                R_ADDRESS_NOT_ASSIGNED,
+                f"no free address in the address pools of GatewayClass "
+                f"{state.gateway.class_name} ({names or 'none with autoAssign'})",
+            )
+            continue
+        state.vips = tuple(dict.fromkeys((*state.vips, *got)))
 
 
 def _supported_kinds(ls: ListenerState) -> None:
@@ -449,7 +515,12 @@ def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
         ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems))
 
 
-def evaluate_gateway(gateway: Gateway, class_accepted: bool, index: SnapshotIndex) -> GatewayState:
+def evaluate_gateway(
+    gateway: Gateway,
+    class_accepted: bool,
+    index: SnapshotIndex,
+    pools: tuple[AddressPool, ...] | None = None,
+) -> GatewayState:
     state = GatewayState(
         gateway=gateway,
         listeners=[
@@ -487,7 +558,9 @@ def evaluate_gateway(gateway: Gateway, class_accepted: bool, index: SnapshotInde
     else:
         state.not_accepted = _address_problem(gateway)
     if state.not_accepted is None:
-        state.vips, state.not_programmed = _usable_vips(gateway)
+        addresses = _usable_vips(gateway, pools)
+        state.vips, state.wanted = addresses.vips, addresses.wanted
+        state.not_programmed = addresses.not_programmed
     return state
 
 
