@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 
 from agent import __version__
+from agent.announce.reconciler import MODES as ANNOUNCE_MODES
+from agent.announce.reconciler import AnnounceReconciler, withdraw_all
 from agent.daemon import Agent, SyncSettings
 from agent.dataplane.addresses import VIPAddresses
 from agent.dataplane.base import FrontendCounters
@@ -41,11 +43,17 @@ from agent.sources.base import Source
 from agent.sources.files import FileSource, ManifestError, load_directory
 from agent.sources.kube import KubeSource
 from agent.sources.kubeapi import KubeClient
-from agent.statuswriter import FileStatusWriter, KubeStatusWriter, StatusWriter
+from agent.statuswriter import (
+    FileStatusWriter,
+    KubeStatusWriter,
+    StatusWriter,
+    addresses_from_status_file,
+)
 from agent.translate import DEFAULT_CONTROLLER_NAME, translate
 
 log = logging.getLogger("gatewaylb")
 DEFAULT_RUN_DIR = Path("/run/gatewaylb")
+DEFAULT_BGP_API_PORT = 50052  # not gobgpd's own default (50051), which a host daemon may use
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
@@ -149,7 +157,18 @@ def _dataplane_options(
     help="Kubernetes: the agent's namespace (holds the status-writer Lease).",
 )
 @click.option(
-    "--announce", type=click.Choice(["none", "l2", "bgp"]), default="none", show_default=True
+    "--announce",
+    type=click.Choice(ANNOUNCE_MODES),
+    default="none",
+    show_default=True,
+    help="How VIPs are announced: l2 (ARP/NDP), bgp (a managed gobgpd), none.",
+)
+@click.option(
+    "--bgp-api-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_BGP_API_PORT,
+    show_default=True,
+    help="bgp: 127.0.0.1 port of the gobgpd API the agent drives.",
 )
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -172,13 +191,12 @@ def run_command(
     run_dir: Path,
     namespace: str,
     announce: str,
+    bgp_api_port: int,
     log_format: str,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM/SIGINT; the kernel state stays in place on exit."""
     setup_logging(log_format, log_level)
-    if announce != "none":
-        raise click.UsageError(f"--announce {announce} is not available in this version")
     if manifests is not None and (kubeconfig is not None or in_cluster):
         raise click.UsageError("--manifests and --kubeconfig/--in-cluster are exclusive")
     if manifests is None and kubeconfig is None and not in_cluster:
@@ -224,6 +242,14 @@ def run_command(
         status_writers=writers,
         proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()),
         events=events,
+        announcer=(
+            AnnounceReconciler(
+                announce, node_name=node_name, run_dir=run_dir, bgp_api_port=bgp_api_port
+            )
+            if announce != "none"
+            else None
+        ),
+        prior_addresses=addresses_from_status_file(status_file) if status_file else None,
     )
     server = HealthServer(metrics_address, metrics, lambda: agent.ready)
     server.start()
@@ -252,10 +278,18 @@ def run_command(
 @click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
 @click.option("--cgroup-path", default="auto", show_default=True)
 @click.option("--run-dir", type=click.Path(path_type=Path), default=DEFAULT_RUN_DIR)
+@click.option("--bgp-api-port", type=click.IntRange(1, 65535), default=DEFAULT_BGP_API_PORT)
 def cleanup_command(
-    lab: bool, interfaces: tuple[str, ...], bpf_pin_dir: str, cgroup_path: str, run_dir: Path
+    lab: bool,
+    interfaces: tuple[str, ...],
+    bpf_pin_dir: str,
+    cgroup_path: str,
+    run_dir: Path,
+    bgp_api_port: int,
 ) -> None:
-    """Remove everything the agent put in the kernel, and the proxy worker. Safe to run twice."""
+    """Remove everything the agent put in the kernel, the proxy worker and the
+    BGP speaker (its routes are withdrawn). Safe to run twice."""
+    withdraw_all(run_dir, socket.gethostname(), bgp_api_port)
     for item in cleanup_all(_dataplane_options(interfaces, bpf_pin_dir, cgroup_path)):
         click.echo(f"removed: {item}")
     ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()).cleanup()

@@ -17,12 +17,14 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.announce.reconciler import AnnounceReconciler
 from agent.dataplane.base import Dataplane, ReconcileResult
 from agent.events import EventRecorder, ObjectRef
 from agent.metrics import AgentMetrics, LabelledCounters
+from agent.model.meta import Key
 from agent.model.snapshot import Snapshot
 from agent.proxy.feedback import apply_problems
 from agent.proxy.reconciler import Problem, ProxyReconciler
@@ -30,6 +32,7 @@ from agent.sources.base import Source
 from agent.state import DesiredState
 from agent.statuswriter import StatusWriter
 from agent.translate import Translation, translate
+from agent.translate.status import GatewayStatus
 
 log = logging.getLogger("gatewaylb.agent")
 
@@ -54,6 +57,8 @@ class Agent:
         status_writers: Sequence[StatusWriter] = (),
         proxy: ProxyReconciler | None = None,
         events: EventRecorder | None = None,
+        announcer: AnnounceReconciler | None = None,
+        prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
     ) -> None:
         self._source = source
         self._dataplane = dataplane
@@ -62,6 +67,10 @@ class Agent:
         self._status_writers = list(status_writers)
         self._proxy = proxy
         self._events = events
+        self._announcer = announcer
+        # Addresses Gateways held (from the pools): kept across syncs and, via
+        # the status file, across restarts, so assignments never move.
+        self._addresses: dict[Key, tuple[str, ...]] = dict(prior_addresses or {})
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
@@ -73,6 +82,8 @@ class Agent:
         self.ready = False
         self.syncs = 0
         metrics.add_kernel_counters(self._labelled_counters)
+        if announcer is not None:
+            metrics.add_announcements(announcer.status)
 
     # -- kernel counters for /metrics --------------------------------------------
 
@@ -111,12 +122,16 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             watch = tg.create_task(self._watch())
             supervisor = tg.create_task(self._supervise_proxy()) if self._proxy else None
+            announcing = tg.create_task(self._supervise_announcer()) if self._announcer else None
             status = tg.create_task(self._status_loop())
             await self._sync_loop()
             watch.cancel()
             status.cancel()
-            if supervisor is not None:
-                supervisor.cancel()
+            for task in (supervisor, announcing):
+                if task is not None:
+                    task.cancel()
+        if self._announcer is not None:
+            await asyncio.to_thread(self._announcer.close, False)
         log.info("event=stopped kernel_state=kept")
 
     async def _watch(self) -> None:
@@ -175,7 +190,8 @@ class Agent:
         for message in errors:
             log.warning("event=source_problem %s", message)
         self._metrics.manifest_errors.set(len(errors))
-        result = translate(snapshot, self._settings.controller_name)
+        result = translate(snapshot, self._settings.controller_name, self._addresses)
+        self._addresses.update(held_addresses(result))
         desired = result.desired
         name = self._dataplane.name
         t0 = time.monotonic()
@@ -198,6 +214,7 @@ class Agent:
         if outcome.errors:
             self._metrics.sync_errors.labels(name).inc()
         proxy_ok = await self._reconcile_proxy(desired)
+        await self._announce(desired)
         if self._proxy_problems:
             result = dataclasses.replace(
                 result, status=apply_problems(result.status, self._proxy_problems)
@@ -283,6 +300,39 @@ class Agent:
             self._metrics.sync_errors.labels("proxy").inc()
         return applied.ok
 
+    async def _announce(self, desired: DesiredState) -> None:
+        """After the dataplane: a VIP is announced only once it is served."""
+        if self._announcer is None:
+            return
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(self._announcer.apply, desired)
+        except Exception:
+            # Announcement trouble never blocks programming: traffic that
+            # reaches this node is still served.
+            self._metrics.sync_errors.labels("announce").inc()
+            log.exception("event=reconcile_failed reconciler=announce")
+        finally:
+            self._metrics.sync_duration.labels("announce").observe(time.monotonic() - t0)
+
+    async def _supervise_announcer(self) -> None:
+        """Re-apply periodically: a BGP speaker that died is restarted, an
+        announce interface that appeared is used."""
+        assert self._announcer is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), 2.0)
+                return
+            except TimeoutError:
+                pass
+            if not self.ready:
+                continue
+            try:
+                await asyncio.to_thread(self._announcer.refresh)
+            except Exception:
+                self._metrics.sync_errors.labels("announce").inc()
+                log.exception("event=announce_refresh_failed")
+
     async def _supervise_proxy(self) -> None:
         """Restart the proxy worker if it dies (the worker itself backs off)."""
         assert self._proxy is not None
@@ -302,3 +352,11 @@ class Agent:
             outcome = self._dataplane.reconcile(desired)
             self._desired = desired
         return outcome
+
+
+def held_addresses(result: Translation) -> dict[Key, tuple[str, ...]]:
+    out: dict[Key, tuple[str, ...]] = {}
+    for obj in result.status.objects:
+        if obj.kind == "Gateway" and isinstance(obj.status, GatewayStatus) and obj.status.addresses:
+            out[Key(obj.namespace, obj.name)] = obj.status.addresses
+    return out

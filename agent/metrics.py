@@ -24,9 +24,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.announce.reconciler import AnnounceStatus
 from agent.dataplane.base import FrontendCounters
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,46 @@ class _KernelCounters(Collector):
         yield flows
 
 
+AnnounceSource = Callable[[], AnnounceStatus]
+
+
+class _Announcements(Collector):
+    """Read from the announcer at scrape time: its state changes on its own
+    (a BGP session drops, a peer node dies and this one takes its VIPs)."""
+
+    def __init__(self, source: AnnounceSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._source()
+        announced = GaugeMetricFamily(
+            "gatewaylb_announced_vips", "VIPs this node announces now.", labels=["mode"]
+        )
+        announced.add_metric([st.mode], len(st.announced))
+        yield announced
+        if st.mode == "bgp":
+            up = GaugeMetricFamily(
+                "gatewaylb_bgp_session_up",
+                "1 when the BGP session with the peer is established.",
+                labels=["peer", "state"],
+            )
+            for peer, state in sorted(st.peers.items()):
+                up.add_metric([peer, state], 1.0 if state == "established" else 0.0)
+            yield up
+            problems = GaugeMetricFamily(
+                "gatewaylb_bgp_config_problems", "BGP peers or settings this node had to skip."
+            )
+            problems.add_metric([], len(st.problems))
+            yield problems
+        if st.mode == "l2":
+            changes = CounterMetricFamily(
+                "gatewaylb_l2_ownership_changes",
+                "Times this node took over or released a VIP in L2 mode.",
+            )
+            changes.add_metric([], st.ownership_changes)
+            yield changes
+
+
 class AgentMetrics:
     def __init__(self, *, version: str, dataplane: str, node: str) -> None:
         self.registry = CollectorRegistry()
@@ -126,6 +167,9 @@ class AgentMetrics:
 
     def add_kernel_counters(self, source: CountersSource) -> None:
         self.registry.register(_KernelCounters(source))
+
+    def add_announcements(self, source: AnnounceSource) -> None:
+        self.registry.register(_Announcements(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.model.meta import Key as GatewayKey
 from agent.model.snapshot import Snapshot
 from agent.output import translation_document
 from agent.sources.kube import Key, KubeSource, ObjectRef
@@ -64,6 +65,32 @@ class FileStatusWriter:
         if text != self._last:
             write_atomically(self.path, text)
             self._last = text
+
+
+def addresses_from_status_file(path: Path) -> dict[GatewayKey, tuple[str, ...]]:
+    """The Gateway addresses a previous run wrote: a standalone agent's record
+    of what the pools gave (Kubernetes keeps it in status.addresses).  A
+    missing or damaged file is an empty record, never an error."""
+    try:
+        doc = json.loads(path.read_text())
+        objects = doc["objects"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out: dict[GatewayKey, tuple[str, ...]] = {}
+    for obj in objects if isinstance(objects, list) else ():
+        if not isinstance(obj, dict) or obj.get("kind") != "Gateway":
+            continue
+        meta, status = obj.get("metadata"), obj.get("status")
+        if not isinstance(meta, dict) or not isinstance(status, dict):
+            continue
+        values = [
+            str(a["value"])
+            for a in status.get("addresses") or ()
+            if isinstance(a, dict) and isinstance(a.get("value"), str)
+        ]
+        if values and isinstance(meta.get("name"), str):
+            out[GatewayKey(str(meta.get("namespace", "")), meta["name"])] = tuple(values)
+    return out
 
 
 # -- Kubernetes ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.gcpause import gc_paused
+from agent.model.config import CONFIG_GROUP, CONFIG_KIND
 from agent.model.snapshot import LoadProblem, Parsed, Snapshot, SnapshotBuilder, parse_object
 from agent.sources.kubeapi import ApiError, ApiResource, Gone, KubeClient
 
@@ -45,7 +46,12 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", namespaced=True),
     ApiResource("Namespace", "", "v1", "namespaces", namespaced=False),
     ApiResource("Secret", "", "v1", "secrets", namespaced=True),
+    ApiResource(CONFIG_KIND, CONFIG_GROUP, "v1alpha1", "gatewaylbconfigs", namespaced=False),
 )
+# Kinds whose CRD may not be installed: a cluster without gatewaylb's own CRD
+# still runs (its GatewayClasses just cannot name parameters).
+OPTIONAL_KINDS = frozenset({CONFIG_KIND})
+OPTIONAL_RETRY_SECONDS = 30.0
 # Only TLS Secrets can be certificateRefs; the rest are none of the agent's business.
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 STATUS_KINDS = frozenset(
@@ -194,7 +200,6 @@ class KubeSource:
             if resource.kind in FIELD_SELECTORS
             else {}
         )
-        state = self._kinds[resource.kind]
         while not self._stop.is_set():
             try:
                 self._list(resource, query)
@@ -204,18 +209,49 @@ class KubeSource:
             except Gone:
                 log.info("event=watch_expired kind=%s action=relist", resource.kind)
                 continue
+            except ApiError as exc:
+                if exc.status == 404 and resource.kind in OPTIONAL_KINDS:
+                    self._absent(resource)
+                    self._stop.wait(OPTIONAL_RETRY_SECONDS)
+                else:
+                    backoff = self._failed(resource, exc, backoff)
             except Exception as exc:  # network, 5xx, RBAC: keep the cache, try again
-                backoff = min(self._max_backoff, max(0.5, backoff * 2))
-                with self._lock:
-                    state.errors += 1
-                    state.last_error = str(exc)[:300]
-                log.warning(
-                    "event=watch_failed kind=%s error=%r retry_in=%.1fs",
-                    resource.kind,
-                    str(exc)[:200],
-                    backoff,
-                )
-                self._stop.wait(backoff * random.uniform(0.8, 1.2))
+                backoff = self._failed(resource, exc, backoff)
+
+    def _failed(self, resource: ApiResource, exc: Exception, backoff: float) -> float:
+        backoff = min(self._max_backoff, max(0.5, backoff * 2))
+        state = self._kinds[resource.kind]
+        with self._lock:
+            state.errors += 1
+            state.last_error = str(exc)[:300]
+        log.warning(
+            "event=watch_failed kind=%s error=%r retry_in=%.1fs",
+            resource.kind,
+            str(exc)[:200],
+            backoff,
+        )
+        self._stop.wait(backoff * random.uniform(0.8, 1.2))
+        return backoff
+
+    def _absent(self, resource: ApiResource) -> None:
+        """An optional kind the API server does not serve: synced and empty."""
+        with self._lock:
+            state = self._kinds[resource.kind]
+            first = not state.synced
+            removed = [k for k in self._objects if k[0] == resource.kind]
+            for key in removed:
+                del self._objects[key]
+            state.synced = True
+            if removed:
+                self._version += 1
+        if first:
+            log.info(
+                "event=kind_not_served kind=%s retry_every=%.0fs",
+                resource.kind,
+                OPTIONAL_RETRY_SECONDS,
+            )
+        if removed:
+            self._notify()
 
     def _list(self, resource: ApiResource, query: dict[str, str]) -> None:
         t0 = time.monotonic()

@@ -55,6 +55,7 @@ from urllib.parse import quote, urlencode
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = REPO / "tests" / "k8s" / "bin"
 BUILD_SCRIPT = REPO / "scripts" / "build-controlplane.sh"
+OUR_CRDS = REPO / "deploy" / "daemonset" / "crds"
 GATEWAY_API_CRDS = Path(
     os.environ.get(
         "GATEWAYLB_GATEWAY_API_CRDS",
@@ -261,6 +262,8 @@ class ControlPlane:
             self._write_kubeconfig()
             if self.crd_dir is not None:
                 self.install_manifests(self.crd_dir, deadline=time.monotonic() + timeout)
+                # gatewaylb's own CRD (GatewayLBConfig), as the DaemonSet ships it.
+                self.install_manifests(OUR_CRDS, deadline=time.monotonic() + timeout)
             self.timings["crds"] = time.monotonic() - t0
         except BaseException:
             self.stop()

@@ -556,3 +556,81 @@ def test_what_this_node_cannot_serve_is_an_event_and_a_status(
     assert found is not None
     assert found["type"] == "Warning" and found["reportingInstance"] == "node-a"
     assert "rule 0" in found["note"] and "node node-a" in found["note"]
+
+
+def test_gateway_without_address_gets_one_from_the_pool_and_keeps_it_across_restarts(
+    setup: ControlPlane, lab: Lab, agent: KubeAgent
+) -> None:
+    cp = setup
+    pool = [vip4(40), vip4(41), vip4(42)]
+    cp.apply({
+        "apiVersion": "gatewaylb.io/v1alpha1",
+        "kind": "GatewayLBConfig",
+        "metadata": {"name": "lab-pools"},
+        "spec": {"addressPools": [{"name": "lab", "addresses": [f"{pool[0]}-{pool[-1]}"]}]},
+    })  # fmt: skip
+    cp.apply({
+        "apiVersion": GW,
+        "kind": "GatewayClass",
+        "metadata": {"name": "pooled"},
+        "spec": {
+            "controllerName": "gatewaylb.io/agent",
+            "parametersRef": {"group": "gatewaylb.io", "kind": "GatewayLBConfig",
+                              "name": "lab-pools"},
+        },
+    })  # fmt: skip
+    cp.apply(service("blue"))
+    cp.apply(slice_("blue", [lab.backends[0].ip4]))
+
+    def pooled_gateway(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": GW,
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": APP},
+            "spec": {
+                "gatewayClassName": "pooled",
+                "listeners": [{"name": "tcp", "protocol": "TCP", "port": 7000}],
+            },
+        }
+
+    def route(gateway: str) -> dict[str, Any]:
+        r = l4_route("TCPRoute", f"{gateway}-tcp", "tcp", "blue")
+        r["spec"]["parentRefs"] = [{"name": gateway, "sectionName": "tcp"}]
+        return r
+
+    for name in ("pool-a", "pool-b"):
+        cp.apply(pooled_gateway(name))
+        cp.apply(route(name))
+    agent.start()
+
+    def addresses(name: str) -> list[str]:
+        st = get(cp, f"/apis/{GW}/namespaces/{APP}/gateways/{name}").get("status") or {}
+        return [a["value"] for a in st.get("addresses") or []]
+
+    wait_for(lambda: bool(addresses("pool-a")) and bool(addresses("pool-b")), 20)
+    a, b = addresses("pool-a"), addresses("pool-b")
+    assert len(a) == len(b) == 1 and a != b and {a[0], b[0]} <= set(pool), (a, b)
+    # The assigned address carries traffic.
+    wait_for(lambda: lab.call(lab.client, tcp_ask, a[0], 7000) == "be1", 20)
+
+    # Three addresses: a third Gateway fits, a fourth does not.
+    for name in ("pool-c", "pool-d"):
+        cp.apply(pooled_gateway(name))
+
+    def programmed(name: str) -> tuple[str, str]:
+        # The API server defaults a new Gateway's status to Unknown/Pending.
+        st = get(cp, f"/apis/{GW}/namespaces/{APP}/gateways/{name}").get("status") or {}
+        return condition(st["conditions"], "Programmed") if st.get("conditions") else ("", "")
+
+    wait_for(lambda: all(programmed(n)[0] in ("True", "False") for n in ("pool-c", "pool-d")), 20)
+    verdicts = sorted([programmed("pool-c"), programmed("pool-d")])
+    assert verdicts == [("False", "AddressNotAssigned"), ("True", "Programmed")], verdicts
+
+    # A restarted agent (and any other agent) reads the same assignment.
+    agent.kill()
+    agent.start()
+    time.sleep(1)
+    assert (addresses("pool-a"), addresses("pool-b")) == (a, b)
+    wait_for(lambda: lab.call(lab.client, tcp_ask, a[0], 7000) == "be1", 20)
+    for name in ("pool-a", "pool-b", "pool-c", "pool-d"):
+        cp.request("DELETE", f"/apis/{GW}/namespaces/{APP}/gateways/{name}")

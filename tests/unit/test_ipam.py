@@ -4,11 +4,13 @@ from pools (translate/ipam.py) through the same translate() as real input."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.model.meta import Key
+from agent.statuswriter import FileStatusWriter, addresses_from_status_file
 from agent.translate import translate
 from tests.unit.helpers import (
     CONTROLLER,
@@ -280,3 +282,19 @@ def test_announce_settings_come_from_the_config() -> None:
     # The printable form never shows the password itself.
     printed = str(tr.desired.to_dict())
     assert "'password': 's'" not in printed and "sha256:" in printed
+
+
+def test_a_standalone_agent_reads_its_assignments_back_from_its_status_file(
+    tmp_path: Path,
+) -> None:
+    docs = [gateway_class(parameters_ref=REF), config()]
+    docs += [auto_gateway(f"g{i}", created=f"2026-01-01T00:00:0{i}Z") for i in range(3)]
+    snap = snapshot(*docs)
+    first = translate(snap, controller_name=CONTROLLER)
+    path = tmp_path / "status.json"
+    FileStatusWriter(path).write(snap, first)
+    prior = addresses_from_status_file(path)
+    assert prior == {Key("default", f"g{i}"): tuple(addresses(first, f"g{i}")) for i in range(3)}
+    assert addresses_from_status_file(tmp_path / "missing.json") == {}
+    (tmp_path / "bad.json").write_text("{not json")
+    assert addresses_from_status_file(tmp_path / "bad.json") == {}
