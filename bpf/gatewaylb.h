@@ -33,6 +33,12 @@
 #ifndef GLB_MARK_MASQ
 #define GLB_MARK_MASQ 0x20000000
 #endif
+/* A packet of a flow the programs translate themselves (either direction):
+ * the agent's table exempts it from netfilter conntrack (notrack), which
+ * would only duplicate the flow table at a cost on every packet. */
+#ifndef GLB_MARK_NOTRACK
+#define GLB_MARK_NOTRACK 0x40000000
+#endif
 
 #define GLB_FAMILY_V4 4
 #define GLB_FAMILY_V6 6

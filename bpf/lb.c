@@ -7,6 +7,9 @@
  *              (DNAT) and records the reverse translation.  Refused flows
  *              (reject share, no backend) and hairpin flows are only marked:
  *              nftables in the agent's table rejects / masquerades them.
+ *              Every other translated packet, and the backend's replies, are
+ *              marked for notrack: the flow table here is the connection
+ *              state, netfilter conntrack would only repeat it.
  * glb_egress   tc egress of the same interfaces: reverse NAT of replies (source
  *              back to VIP:port).  On the client-facing egress, after netfilter
  *              has seen both directions with the backend's address, so
@@ -263,8 +266,13 @@ int glb_ingress(struct __sk_buff *skb)
 	fk.proto = p.k.proto;
 	fk.family = p.k.family;
 	fe = glb_frontends.lookup(&fk);
-	if (!fe)
+	if (!fe) {
+		/* A backend's reply to a flow translated here (masqueraded flows'
+		 * replies are addressed to the node and do not match). */
+		if (glb_rev.lookup(&p.k))
+			skb->mark |= GLB_MARK_NOTRACK;
 		return TC_ACT_OK;
+	}
 	fe_id = fe->id;
 
 	known = glb_flows.lookup(&p.k);
@@ -325,8 +333,11 @@ int glb_ingress(struct __sk_buff *skb)
 	}
 	glb_count_fe(fe_id, p.len, new_flow);
 	glb_count_be(flow.backend_id, p.len, new_flow);
+	/* Masqueraded flows need conntrack for the SNAT; all others skip it. */
 	if (flow.flags & GLB_FLOW_MASQ)
 		skb->mark |= GLB_MARK_MASQ;
+	else
+		skb->mark |= GLB_MARK_NOTRACK;
 	if (glb_nat(skb, &p, 1, p.k.dst, flow.addr, p.k.dport, flow.port))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -39,7 +39,10 @@ with the backend's address (NOTES.md: symmetric conntrack tuples).  Refused new
 flows (reject share, no positive weight) and hairpin flows (the client is the
 chosen backend) are only marked in skb->mark; the nft table rejects the first
 (tcp reset / icmpx port-unreachable, prerouting at raw priority, before
-conntrack) and masquerades the second (postrouting).  Local processes: the
+conntrack) and masquerades the second (postrouting).  All other translated
+packets, and backends' replies to them, are marked for `notrack` in that same
+raw-priority chain: the LRU flow table is their connection state, and
+skipping conntrack is most of the per-packet cost left.  Local processes: the
 cgroup v2 sock_addr hooks connect4 / sendmsg4 translate at connect()/sendto()
 time (Maglev by socket cookie; a refused flow fails with EPERM), recvmsg4 and
 getpeername4 show the VIP again; IPv4 only so far.
@@ -88,6 +91,7 @@ BPF_DIR: Final = Path(
 NFT_TABLE: Final = "gatewaylb_ebpf"
 MARK_REJECT: Final = 0x10000000
 MARK_MASQ: Final = 0x20000000
+MARK_NOTRACK: Final = 0x40000000
 TC_PRIO: Final = 0xC1A0  # one well-known priority/handle per hook: replace is atomic
 TC_HANDLE: Final = 0x1
 TC_INGRESS: Final = "ffff:fff2"
@@ -705,6 +709,7 @@ class EbpfDataplane:
             f"-DGLB_MAX_FLOWS={max_flows}",
             f"-DGLB_MARK_REJECT={MARK_REJECT:#x}",
             f"-DGLB_MARK_MASQ={MARK_MASQ:#x}",
+            f"-DGLB_MARK_NOTRACK={MARK_NOTRACK:#x}",
         ]
         self._loader = _Loader(cflags)
         self.maps = self._open_maps()
@@ -917,6 +922,11 @@ class EbpfDataplane:
                 {"reject": {"type": "icmpx", "expr": "port-unreachable"}},
             ),
             rule("masquerade", mark(MARK_MASQ), {"masquerade": None}),
+            # Flows the programs translate need no conntrack entry (the flow
+            # table is their state): skipping it is most of the per-packet
+            # cost left in netfilter.  A host firewall that drops untracked
+            # packets in forward must accept `ct state untracked` for VIPs.
+            rule("reject", mark(MARK_NOTRACK), {"notrack": None}),
         ]
         self._nft_cmd(cmds)
 

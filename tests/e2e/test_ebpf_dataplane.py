@@ -442,6 +442,30 @@ def test_hairpin_is_masqueraded(env: Env) -> None:
     assert (name, peer_ip) == ("be1", env.lab.client.ip4)  # no SNAT for others
 
 
+def conntrack_entries(ns: str, *args: str) -> list[str]:
+    out = subprocess.run(
+        exec_argv(ns, ["conntrack", "-L", *args]), capture_output=True, text=True, check=False
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_translated_flows_bypass_conntrack_and_hairpin_flows_keep_it(env: Env) -> None:
+    env.program(frontend(vip4(18), 80, {1: 1, 2: 1}), frontend(vip4(18), 53, {1: 1}, proto="udp"))
+    client_ip = env.lab.client.ip4
+    assert set(env.client(tcp_many, vip4(18), 80, 20)) == {"be1", "be2"}
+    assert env.client(udp_ask, vip4(18), 53)[0] == "be1"
+    # Both directions were marked: neither the DNATed requests nor the replies
+    # created an entry (the flow table is their state).
+    node = env.lab.node.ns
+    assert conntrack_entries(node, "-s", client_ip) == []
+    assert conntrack_entries(node, "-q", client_ip) == []
+    # A hairpin flow is masqueraded, which needs conntrack.
+    env.on(env.lab.backends[0], tcp_ask, vip4(18), 80)
+    hairpin = conntrack_entries(node, "-s", BE[1], "-p", "tcp")
+    print(f"\nconntrack entries: client flows 0, hairpin {len(hairpin)}")
+    assert hairpin, "the masqueraded hairpin flow must be tracked"
+
+
 LOCAL_CLIENT = r"""
 import json, socket, sys
 sys.stdin.readline()  # wait until moved into the cgroup
