@@ -14,7 +14,6 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from agent.state import DesiredState, L2Settings

@@ -1,0 +1,186 @@
+"""A bare-metal lab for VIP announcement: several nodes on one LAN, each with
+its own backend, and either the client on that LAN (L2 mode) or a router in
+front of it (BGP mode).
+
+    L2:   client (10.77.0.2, fd00:77::2) ─┐
+                                          sw (bridge) ── node-1 lan0 10.77.0.11 ── be (10.20.0.10)
+                                          │         └── node-2 lan0 10.77.0.12 ── be (10.20.0.10)
+    BGP:  client 10.88.0.2 ── router 10.88.0.1 / lan0 10.77.0.1 ─┘
+
+Every node's backend has the same address and answers with the node's name
+(`be-node-1` ...), the way pods of a Service sit behind every node: a reply
+says which node carried the flow.  Nodes route their own backend only, so a
+backend's reply always returns through the node that translated the request.
+The client has only on-link routes in L2 mode (the VIP must be found by
+ARP/NDP); in BGP mode its default route is the router, and the router knows
+VIPs only from BGP.
+
+Owns only namespaces with its run prefix and the processes it starts there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from agent.lab import netns
+
+T = TypeVar("T")
+
+LAN4, LAN6 = "10.77.0", "fd00:77:"
+BACKEND4, BACKEND6 = "10.20.0.10", "fd00:20::10"
+BACKEND_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    role: str
+    ns: str
+    ip4: str
+    ip6: str
+
+
+class Fabric:
+    def __init__(self, nodes: int = 2, *, router: bool = False) -> None:
+        self.prefix = netns.new_prefix()
+        self.with_router = router
+        self.switch = self.prefix + "sw"
+        self.nodes = [
+            Member(f"node-{i}", f"{self.prefix}node-{i}", f"{LAN4}.{10 + i}", f"{LAN6}:{10 + i:x}")
+            for i in range(1, nodes + 1)
+        ]
+        self.backends = [
+            Member(f"be-{n.role}", f"{self.prefix}be-{i}", BACKEND4, BACKEND6)
+            for i, n in enumerate(self.nodes, start=1)
+        ]
+        self.router = Member("router", self.prefix + "router", f"{LAN4}.1", f"{LAN6}:1")
+        if router:
+            self.client = Member("client", self.prefix + "client", "10.88.0.2", "fd00:88::2")
+        else:
+            self.client = Member("client", self.prefix + "client", f"{LAN4}.2", f"{LAN6}:2")
+        self._namespaces: list[str] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._workers: dict[str, netns.NetnsWorker] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Fabric:
+        netns.register_run(self.prefix)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for worker in self._workers.values():
+            worker.close()
+        self._workers.clear()
+        for name in reversed(self._namespaces):
+            netns.remove(name)
+        self._namespaces.clear()
+        netns.unregister_run(self.prefix)
+
+    # -- building -------------------------------------------------------------------------
+
+    def _ns(self, name: str) -> None:
+        netns.create(name)
+        self._namespaces.append(name)
+
+    def _port(self, member: Member, dev: str, mac: str) -> None:
+        """A veth from the switch's bridge to `member`'s `dev`."""
+        ip = netns.ip
+        port = f"p-{member.role}"[:15]
+        ip("link", "add", port, "type", "veth", "peer", "name", dev, "netns", member.ns,
+           ns=self.switch)  # fmt: skip
+        ip("link", "set", port, "master", "br0", "up", ns=self.switch)
+        ip("link", "set", dev, "address", mac, ns=member.ns)
+        self._addr(member.ns, dev, member.ip4, member.ip6)
+
+    @staticmethod
+    def _addr(ns: str, dev: str, ip4: str, ip6: str, plen4: int = 24, plen6: int = 64) -> None:
+        netns.ip("addr", "add", f"{ip4}/{plen4}", "dev", dev, ns=ns)
+        netns.ip("-6", "addr", "add", f"{ip6}/{plen6}", "dev", dev, "nodad", ns=ns)
+        netns.ip("link", "set", dev, "up", ns=ns)
+
+    def _build(self) -> None:
+        ip = netns.ip
+        for m in (self.switch, self.client.ns, *(n.ns for n in self.nodes)):
+            self._ns(m)
+        for b in self.backends:
+            self._ns(b.ns)
+        ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0", ns=self.switch)
+        ip("link", "set", "br0", "up", ns=self.switch)
+        for i, node in enumerate(self.nodes, start=1):
+            self._port(node, "lan0", f"02:77:00:00:00:{10 + i:02x}")
+            netns.sysctl(node.ns, "net.ipv4.ip_forward", "1")
+            netns.sysctl(node.ns, "net.ipv6.conf.all.forwarding", "1")
+        if self.with_router:
+            self._ns(self.router.ns)
+            self._port(self.router, "lan0", "02:77:00:00:00:01")
+            netns.sysctl(self.router.ns, "net.ipv4.ip_forward", "1")
+            netns.sysctl(self.router.ns, "net.ipv6.conf.all.forwarding", "1")
+            # ECMP hashes on ports too, so many flows from one client spread.
+            netns.sysctl(self.router.ns, "net.ipv4.fib_multipath_hash_policy", "1")
+            netns.sysctl(self.router.ns, "net.ipv6.fib_multipath_hash_policy", "1")
+            ip("link", "add", "down0", "type", "veth", "peer", "name", "eth0",
+               "netns", self.client.ns, ns=self.router.ns)  # fmt: skip
+            self._addr(self.router.ns, "down0", "10.88.0.1", "fd00:88::1")
+            self._addr(self.client.ns, "eth0", self.client.ip4, self.client.ip6)
+            ip("route", "add", "default", "via", "10.88.0.1", ns=self.client.ns)
+            ip("-6", "route", "add", "default", "via", "fd00:88::1", ns=self.client.ns)
+            for node in self.nodes:
+                ip("route", "add", "default", "via", self.router.ip4, ns=node.ns)
+                ip("-6", "route", "add", "default", "via", self.router.ip6, ns=node.ns)
+        else:
+            self._port(self.client, "lan0", "02:77:00:00:00:02")
+            # A neighbour entry may be created by gratuitous ARP, not only updated.
+            netns.sysctl(self.client.ns, "net.ipv4.conf.lan0.arp_accept", "1")
+        for node, be in zip(self.nodes, self.backends, strict=True):
+            ip("link", "add", "be0", "type", "veth", "peer", "name", "eth0", "netns", be.ns,
+               ns=node.ns)  # fmt: skip
+            self._addr(node.ns, "be0", "10.20.0.1", "fd00:20::1")
+            self._addr(be.ns, "eth0", be.ip4, be.ip6)
+            ip("route", "add", "default", "via", "10.20.0.1", ns=be.ns)
+            ip("-6", "route", "add", "default", "via", "fd00:20::1", ns=be.ns)
+            netns.sysctl(node.ns, "net.ipv4.icmp_ratelimit", "0")
+
+    # -- using ----------------------------------------------------------------------------
+
+    def call(self, member: Member, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if member.ns not in self._workers:
+            self._workers[member.ns] = netns.NetnsWorker(member.ns)
+        return self._workers[member.ns].call(fn, *args, **kwargs)
+
+    def popen(self, member: Member, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(netns.exec_argv(member.ns, argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def start_backends(self) -> None:
+        """An echo server in every backend, answering with its node's name."""
+        for be in self.backends:
+            argv = [sys.executable, "-m", "agent.lab.echo", "--tcp", str(BACKEND_PORT),
+                    "--udp", str(BACKEND_PORT), "--name", be.role]  # fmt: skip
+            proc = self.popen(be, argv, stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            if b"ready" not in proc.stdout.readline():
+                raise netns.LabError(f"echo server in {be.ns} did not start")
+
+    def cut(self, member: Member) -> None:
+        """The member's LAN link goes away, as when its machine dies."""
+        netns.ip("link", "del", f"p-{member.role}"[:15], ns=self.switch, check=False)
