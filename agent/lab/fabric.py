@@ -1,19 +1,19 @@
 """A bare-metal lab for VIP announcement: several nodes on one LAN, each with
-its own backend, and either the client on that LAN (L2 mode) or a router in
+its own backends, and either the client on that LAN (L2 mode) or a router in
 front of it (BGP mode).
 
     L2:   client (10.77.0.2, fd00:77::2) ─┐
-                                          sw (bridge) ── node-1 lan0 10.77.0.11 ── be (10.20.0.10)
-                                          │         └── node-2 lan0 10.77.0.12 ── be (10.20.0.10)
+                                          sw (bridge) ── node-1 lan0 10.77.0.11 ── be1..beN
+                                          │         └── node-2 lan0 10.77.0.12 ── be1..beN
     BGP:  client 10.88.0.2 ── router 10.88.0.1 / lan0 10.77.0.1 ─┘
 
-Every node's backend has the same address and answers with the node's name
-(`be-node-1` ...), the way pods of a Service sit behind every node: a reply
-says which node carried the flow.  Nodes route their own backend only, so a
-backend's reply always returns through the node that translated the request.
-The client has only on-link routes in L2 mode (the VIP must be found by
-ARP/NDP); in BGP mode its default route is the router, and the router knows
-VIPs only from BGP.
+Every node has the same backends (10.20.0.11.. behind a bridge), the way a
+Service's pods are reachable from every node, and each answers `be<j>@<node>`:
+a reply tells which backend slot was chosen (Maglev) and which node carried
+the flow.  Nodes route only their own backends, so a reply always returns
+through the node that translated the request.  The client has only on-link
+routes in L2 mode (the VIP must be found by ARP/NDP); in BGP mode its default
+route is the router, and the router knows VIPs only from BGP.
 
 Owns only namespaces with its run prefix and the processes it starts there.
 """
@@ -32,8 +32,15 @@ from agent.lab import netns
 T = TypeVar("T")
 
 LAN4, LAN6 = "10.77.0", "fd00:77:"
-BACKEND4, BACKEND6 = "10.20.0.10", "fd00:20::10"
 BACKEND_PORT = 8080
+
+
+def backend4(j: int) -> str:
+    return f"10.20.0.{10 + j}"
+
+
+def backend6(j: int) -> str:
+    return f"fd00:20::{10 + j:x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +52,7 @@ class Member:
 
 
 class Fabric:
-    def __init__(self, nodes: int = 2, *, router: bool = False) -> None:
+    def __init__(self, nodes: int = 2, *, router: bool = False, backends: int = 1) -> None:
         self.prefix = netns.new_prefix()
         self.with_router = router
         self.switch = self.prefix + "sw"
@@ -53,10 +60,14 @@ class Fabric:
             Member(f"node-{i}", f"{self.prefix}node-{i}", f"{LAN4}.{10 + i}", f"{LAN6}:{10 + i:x}")
             for i in range(1, nodes + 1)
         ]
-        self.backends = [
-            Member(f"be-{n.role}", f"{self.prefix}be-{i}", BACKEND4, BACKEND6)
+        # node role -> its backends (be1..beN, the same addresses on every node)
+        self.backends = {
+            n.role: [
+                Member(f"be{j}@{n.role}", f"{self.prefix}be{j}-{i}", backend4(j), backend6(j))
+                for j in range(1, backends + 1)
+            ]
             for i, n in enumerate(self.nodes, start=1)
-        ]
+        }
         self.router = Member("router", self.prefix + "router", f"{LAN4}.1", f"{LAN6}:1")
         if router:
             self.client = Member("client", self.prefix + "client", "10.88.0.2", "fd00:88::2")
@@ -121,8 +132,9 @@ class Fabric:
         ip = netns.ip
         for m in (self.switch, self.client.ns, *(n.ns for n in self.nodes)):
             self._ns(m)
-        for b in self.backends:
-            self._ns(b.ns)
+        for group in self.backends.values():
+            for b in group:
+                self._ns(b.ns)
         ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0", ns=self.switch)
         ip("link", "set", "br0", "up", ns=self.switch)
         for i, node in enumerate(self.nodes, start=1):
@@ -150,14 +162,20 @@ class Fabric:
             self._port(self.client, "lan0", "02:77:00:00:00:02")
             # A neighbour entry may be created by gratuitous ARP, not only updated.
             netns.sysctl(self.client.ns, "net.ipv4.conf.lan0.arp_accept", "1")
-        for node, be in zip(self.nodes, self.backends, strict=True):
-            ip("link", "add", "be0", "type", "veth", "peer", "name", "eth0", "netns", be.ns,
-               ns=node.ns)  # fmt: skip
-            self._addr(node.ns, "be0", "10.20.0.1", "fd00:20::1")
-            self._addr(be.ns, "eth0", be.ip4, be.ip6)
-            ip("route", "add", "default", "via", "10.20.0.1", ns=be.ns)
-            ip("-6", "route", "add", "default", "via", "fd00:20::1", ns=be.ns)
+        for node in self.nodes:
+            ip("link", "add", "brb", "type", "bridge", "mcast_snooping", "0", ns=node.ns)
+            self._addr(node.ns, "brb", "10.20.0.1", "fd00:20::1")
             netns.sysctl(node.ns, "net.ipv4.icmp_ratelimit", "0")
+            for j, be in enumerate(self.backends[node.role], start=1):
+                ip("link", "add", f"vb{j}", "type", "veth", "peer", "name", "eth0",
+                   "netns", be.ns, ns=node.ns)  # fmt: skip
+                ip("link", "set", f"vb{j}", "master", "brb", "up", ns=node.ns)
+                # A DNATed frame for a backend behind the port it came in on
+                # (hairpin) is bridged back out that port only in hairpin mode.
+                ip("link", "set", f"vb{j}", "type", "bridge_slave", "hairpin", "on", ns=node.ns)
+                self._addr(be.ns, "eth0", be.ip4, be.ip6)
+                ip("route", "add", "default", "via", "10.20.0.1", ns=be.ns)
+                ip("-6", "route", "add", "default", "via", "fd00:20::1", ns=be.ns)
 
     # -- using ----------------------------------------------------------------------------
 
@@ -172,8 +190,8 @@ class Fabric:
         return proc
 
     def start_backends(self) -> None:
-        """An echo server in every backend, answering with its node's name."""
-        for be in self.backends:
+        """An echo server in every backend, answering `be<j>@<node>`."""
+        for be in (b for group in self.backends.values() for b in group):
             argv = [sys.executable, "-m", "agent.lab.echo", "--tcp", str(BACKEND_PORT),
                     "--udp", str(BACKEND_PORT), "--name", be.role]  # fmt: skip
             proc = self.popen(be, argv, stdout=subprocess.PIPE)

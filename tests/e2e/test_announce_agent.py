@@ -7,8 +7,11 @@ and a node that dies.  Figures are printed (`pytest -s`).
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.lab.fabric import BACKEND4, BACKEND6, BACKEND_PORT, Fabric, Member
+from agent.lab.fabric import BACKEND_PORT, Fabric, Member, backend4, backend6
 
 pytestmark = pytest.mark.root
 
@@ -52,12 +55,17 @@ def tcp_ask(addr: str, port: int = PORT, timeout: float = 0.3) -> str:
         return f"error:{type(exc).__name__}"
 
 
-def manifests(directory: Path, announce: dict[str, Any]) -> None:
+def manifests(
+    directory: Path,
+    announce: dict[str, Any],
+    pools: tuple[str, ...] = (POOL4, POOL6),
+    backends: int = 1,
+) -> None:
     gw = "gateway.networking.k8s.io/v1"
     docs: list[dict[str, Any]] = [
         {"apiVersion": "gatewaylb.io/v1alpha1", "kind": "GatewayLBConfig",
          "metadata": {"name": "fabric"},
-         "spec": {"addressPools": [{"name": "lan", "addresses": [POOL4, POOL6]}],
+         "spec": {"addressPools": [{"name": "lan", "addresses": list(pools)}],
                   "announce": announce}},
         {"apiVersion": gw, "kind": "GatewayClass", "metadata": {"name": "metal"},
          "spec": {"controllerName": "gatewaylb.io/agent",
@@ -65,7 +73,7 @@ def manifests(directory: Path, announce: dict[str, Any]) -> None:
                                     "name": "fabric"}}},
         {"apiVersion": gw, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
          "spec": {"gatewayClassName": "metal",
-                  "addresses": [{"type": "IPAddress"}, {"type": "IPAddress"}],
+                  "addresses": [{"type": "IPAddress"}] * len(pools),
                   "listeners": [{"name": "tcp", "protocol": "TCP", "port": PORT}]}},
         {"apiVersion": gw, "kind": "TCPRoute", "metadata": {"name": "app", "namespace": "default"},
          "spec": {"parentRefs": [{"name": "edge"}],
@@ -73,14 +81,17 @@ def manifests(directory: Path, announce: dict[str, Any]) -> None:
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "default"},
          "spec": {"ports": [{"port": 80, "targetPort": BACKEND_PORT, "protocol": "TCP"}]}},
     ]  # fmt: skip
-    for family, address in (("IPv4", BACKEND4), ("IPv6", BACKEND6)):
+    all4 = [backend4(j) for j in range(1, backends + 1)]
+    all6 = [backend6(j) for j in range(1, backends + 1)]
+    for family, addresses in (("IPv4", all4), ("IPv6", all6)):
         docs.append({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": f"app-{family.lower()}", "namespace": "default",
                          "labels": {"kubernetes.io/service-name": "app"}},
             "addressType": family,
             "ports": [{"port": BACKEND_PORT, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}
+                          for address in addresses],
         })  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "all.yaml").write_text(yaml.safe_dump_all(docs))
@@ -95,15 +106,15 @@ class Agent:
         self.manifests = manifests_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, announce: str) -> None:
+    def start(self, announce: str, dataplane: str = "nftables", *extra: str) -> None:
         argv = [sys.executable, "-m", "agent", "run", "--manifests", str(self.manifests),
-                "--dataplane", "nftables", "--announce", announce,
+                "--dataplane", dataplane, "--announce", announce,
                 "--node-name", self.node.role, "--metrics-address", "127.0.0.1:9469",
                 "--run-dir", str(self.dir / "run"),
-                "--status-file", str(self.dir / "status.json")]  # fmt: skip
+                "--status-file", str(self.dir / "status.json"), *extra]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = self.fabric.popen(self.node, argv, stdout=log, stderr=log)
-        wait_for(self.ready, 30, step=0.1)
+        wait_for(self.ready, 60, step=0.1)
 
     def ready(self) -> bool:
         assert self.proc is not None
@@ -182,9 +193,10 @@ def test_l2_one_node_answers_for_a_pool_vip_and_another_takes_over_when_it_dies(
     vips = agents[0].vips()
     assert vips == agents[1].vips(), "both agents must derive the same addresses"
     vip = next(v for v in vips if (":" in v) == (family == 6))
-    answer = wait_for(lambda: (a := fabric.call(fabric.client, tcp_ask, vip)).startswith("be-")
-                      and a, 10)  # fmt: skip
-    owner_role = answer.removeprefix("be-")
+    answer = wait_for(
+        lambda: (a := fabric.call(fabric.client, tcp_ask, vip)).startswith("be") and a, 10
+    )
+    owner_role = answer.split("@")[1]
     assert neighbour_mac(fabric, vip) == node_mac(owner_role)
     # Every VIP has exactly one owner: the nodes' counts add up to the VIPs.
     announced = [metric(a.metrics(), "gatewaylb_announced_vips") for a in agents]
@@ -195,9 +207,133 @@ def test_l2_one_node_answers_for_a_pool_vip_and_another_takes_over_when_it_dies(
     t0 = time.monotonic()
     owner.kill()
     fabric.cut(owner.node)
-    wait_for(lambda: fabric.call(fabric.client, tcp_ask, vip) == f"be-{survivor.node.role}", 10)
+    wait_for(lambda: fabric.call(fabric.client, tcp_ask, vip) == f"be1@{survivor.node.role}", 10)
     took = time.monotonic() - t0
     print(f"\nL2 failover IPv{family} through the agent: {took:.2f} s")
     assert took < 3.0
     assert neighbour_mac(fabric, vip) == node_mac(survivor.node.role)
     assert metric(survivor.metrics(), "gatewaylb_l2_ownership_changes") >= 1
+
+
+# -- BGP --------------------------------------------------------------------------------
+
+ROUTER_ASN, NODE_ASN = 64512, 64513
+POOL_BGP = "10.66.0.0/29"  # on no link: the router learns it from the nodes only
+HOLD = 3
+
+
+def bird_config(fabric: Fabric) -> str:
+    sessions = "".join(
+        f"protocol bgp {n.role.replace('-', '_')} from nodes "
+        f"{{ neighbor {n.ip4} as {NODE_ASN}; }}\n"
+        for n in fabric.nodes
+    )
+    return f"""router id {fabric.router.ip4};
+protocol device {{ scan time 1; }}
+protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
+template bgp nodes {{
+  local as {ROUTER_ASN};
+  hold time {HOLD};
+  keepalive time 1;
+  passive on;             # the nodes' gobgpd connect, it never listens
+  error wait time 1, 2;   # not 60 s before a node that failed may come back
+  graceful restart on;
+  ipv4 {{ import all; export none; }};
+}}
+{sessions}"""
+
+
+def router_next_hops(fabric: Fabric, vip: str) -> set[str]:
+    out = netns_ip(fabric.router, "route", "show", f"{vip}/32")
+    return set(re.findall(r"via (\S+)", out))
+
+
+def tcp_from(vip: str, sport: int) -> str:
+    """Ask over a fixed 5-tuple; close with RST so the tuple is free again."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.settimeout(1)
+            s.bind(("", sport))
+            s.connect((vip, PORT))
+            s.sendall(b"hi\n")
+            return s.recv(100).decode().split()[0]
+    except OSError as exc:
+        return f"error:{type(exc).__name__}"
+
+
+@pytest.fixture()
+def bgp_fabric(tmp_path: Path) -> Iterator[tuple[Fabric, list[Agent]]]:
+    if shutil.which("gobgpd") is None or shutil.which("bird") is None:
+        pytest.skip("needs gobgpd and bird (Debian gobgpd, bird2; make setup installs them)")
+    bpffs = tmp_path / "bpffs"
+    bpffs.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    try:
+        with Fabric(nodes=2, router=True, backends=3) as fabric:
+            fabric.start_backends()
+            conf = tmp_path / "bird.conf"
+            conf.write_text(bird_config(fabric))
+            fabric.popen(
+                fabric.router,
+                ["bird", "-f", "-c", str(conf), "-s", str(tmp_path / "bird.ctl")],
+                stderr=(tmp_path / "bird.log").open("ab"),
+            )
+            bgp = {
+                "localASN": NODE_ASN,
+                "peers": [{"address": fabric.router.ip4, "asn": ROUTER_ASN,
+                           "holdTimeSeconds": HOLD, "keepaliveTimeSeconds": 1}],
+            }  # fmt: skip
+            manifests(tmp_path / "manifests", {"bgp": bgp}, pools=(POOL_BGP,), backends=3)
+            agents = [Agent(fabric, n, tmp_path, tmp_path / "manifests") for n in fabric.nodes]
+            try:
+                for a in agents:
+                    a.start("bgp", "ebpf", "--bpf-pin-dir", str(bpffs / a.node.role),
+                            "--cgroup-path", "none")  # fmt: skip
+                yield fabric, agents
+            finally:
+                for a in agents:
+                    a.kill()
+    finally:
+        subprocess.run(["umount", str(bpffs)], check=False)
+
+
+def test_bgp_ecmp_over_two_nodes_with_maglev_and_withdrawal_when_a_node_dies(
+    bgp_fabric: tuple[Fabric, list[Agent]],
+) -> None:
+    fabric, agents = bgp_fabric
+    (vip,) = agents[0].vips()
+    assert agents[1].vips() == [vip]
+    nodes = {n.ip4 for n in fabric.nodes}
+    t0 = time.monotonic()
+    wait_for(lambda: router_next_hops(fabric, vip) == nodes, 60, step=0.2)
+    print(f"\nBGP: router has the VIP over both nodes {time.monotonic() - t0:.1f} s after start")
+    for a in agents:
+        assert metric(a.metrics(), "gatewaylb_bgp_session_up") == 1
+        assert metric(a.metrics(), 'gatewaylb_announced_vips{mode="bgp"}') == 1
+
+    sports = range(31000, 31064)
+    first = {p: fabric.call(fabric.client, tcp_from, vip, p) for p in sports}
+    assert all(a.startswith("be") for a in first.values()), first
+    carried = {a.split("@")[1] for a in first.values()}
+    assert carried == {"node-1", "node-2"}, "ECMP spreads flows over both nodes"
+    assert len({a.split("@")[0] for a in first.values()}) == 3
+
+    # node-1 dies silently: its agent is gone, its LAN link goes dark, and the
+    # router notices only when the hold timer expires.
+    dead, survivor = agents
+    dead.kill()
+    netns_ip(dead.node, "link", "set", "lan0", "down")
+    t0 = time.monotonic()
+    wait_for(lambda: router_next_hops(fabric, vip) == {survivor.node.ip4}, HOLD + 3, step=0.05)
+    took = time.monotonic() - t0
+    print(f"BGP: dead node's route withdrawn after {took:.2f} s (hold time {HOLD} s)")
+    assert took <= HOLD + 1.5
+
+    # Every flow now crosses node-2, and Maglev gives each 5-tuple the same
+    # backend slot node-1 had chosen: failover moves no flow to another backend.
+    second = {p: fabric.call(fabric.client, tcp_from, vip, p) for p in sports}
+    assert {a.split("@")[1] for a in second.values()} == {"node-2"}, second
+    moved = [p for p in sports if first[p].split("@")[0] != second[p].split("@")[0]]
+    assert moved == [], f"flows that changed backend: {moved}"
