@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -105,6 +106,7 @@ class Agent:
         self.log = self.dir / "agent.log"
         self.manifests = manifests_dir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pin_dir = ""
 
     def start(self, announce: str, dataplane: str = "nftables", *extra: str) -> None:
         argv = [sys.executable, "-m", "agent", "run", "--manifests", str(self.manifests),
@@ -134,6 +136,15 @@ class Agent:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        argv = [sys.executable, "-m", "agent", "cleanup", "--run-dir", str(self.dir / "run"),
+                "--cgroup-path", "none"]  # fmt: skip
+        if self.pin_dir:
+            argv += ["--bpf-pin-dir", self.pin_dir]
+        proc = self.fabric.popen(self.node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
 
 
 def http_get(path: str) -> tuple[int, str]:
@@ -289,8 +300,8 @@ def bgp_fabric(tmp_path: Path) -> Iterator[tuple[Fabric, list[Agent]]]:
             agents = [Agent(fabric, n, tmp_path, tmp_path / "manifests") for n in fabric.nodes]
             try:
                 for a in agents:
-                    a.start("bgp", "ebpf", "--bpf-pin-dir", str(bpffs / a.node.role),
-                            "--cgroup-path", "none")  # fmt: skip
+                    a.pin_dir = str(bpffs / a.node.role)
+                    a.start("bgp", "ebpf", "--bpf-pin-dir", a.pin_dir, "--cgroup-path", "none")
                 yield fabric, agents
             finally:
                 for a in agents:
@@ -320,9 +331,31 @@ def test_bgp_ecmp_over_two_nodes_with_maglev_and_withdrawal_when_a_node_dies(
     assert carried == {"node-1", "node-2"}, "ECMP spreads flows over both nodes"
     assert len({a.split("@")[0] for a in first.values()}) == 3
 
+    # An agent restart changes nothing at the router: the new agent adopts the
+    # running gobgpd, whose sessions never dropped.
+    dead, survivor = agents
+    samples: list[set[str]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(router_next_hops(fabric, vip))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        survivor.kill()
+        survivor.start("bgp", "ebpf", "--bpf-pin-dir", survivor.pin_dir, "--cgroup-path", "none")
+        time.sleep(1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert samples and all(hops == nodes for hops in samples), samples
+    print(f"BGP: agent restart, router's next hops unchanged over {len(samples)} samples")
+
     # node-1 dies silently: its agent is gone, its LAN link goes dark, and the
     # router notices only when the hold timer expires.
-    dead, survivor = agents
     dead.kill()
     netns_ip(dead.node, "link", "set", "lan0", "down")
     t0 = time.monotonic()
@@ -337,3 +370,11 @@ def test_bgp_ecmp_over_two_nodes_with_maglev_and_withdrawal_when_a_node_dies(
     assert {a.split("@")[1] for a in second.values()} == {"node-2"}, second
     moved = [p for p in sports if first[p].split("@")[0] != second[p].split("@")[0]]
     assert moved == [], f"flows that changed backend: {moved}"
+
+    # An announced shutdown (`gatewaylb cleanup`) withdraws at once (a Cease,
+    # not the hold timer, and no graceful-restart grace).
+    survivor.kill()
+    t0 = time.monotonic()
+    survivor.cleanup()
+    wait_for(lambda: router_next_hops(fabric, vip) == set(), 2, step=0.02)
+    print(f"BGP: cleanup withdrew the route after {time.monotonic() - t0:.2f} s")
