@@ -537,7 +537,9 @@ class ControlPlane:
         path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
         while True:
             status, body = self.request("GET", path)
-            conds = (body or {}).get("status", {}).get("conditions", []) if status == 200 else []
+            # A just-created CRD may carry `conditions: null` for a moment.
+            st = (body or {}).get("status") or {} if status == 200 else {}
+            conds = st.get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
                 return
             if time.monotonic() > deadline:
