@@ -231,6 +231,7 @@ def test_l2_one_node_answers_for_a_pool_vip_and_another_takes_over_when_it_dies(
 ROUTER_ASN, NODE_ASN = 64512, 64513
 POOL_BGP = "10.66.0.0/29"  # on no link: the router learns it from the nodes only
 HOLD = 3
+UNKNOWN_PEER = "10.77.0.250"
 
 
 def bird_config(fabric: Fabric) -> str:
@@ -294,7 +295,10 @@ def bgp_fabric(tmp_path: Path) -> Iterator[tuple[Fabric, list[Agent]]]:
             bgp = {
                 "localASN": NODE_ASN,
                 "peers": [{"address": fabric.router.ip4, "asn": ROUTER_ASN,
-                           "holdTimeSeconds": HOLD, "keepaliveTimeSeconds": 1}],
+                           "holdTimeSeconds": HOLD, "keepaliveTimeSeconds": 1},
+                          # Nobody answers there: that session stays down, the
+                          # other one and the VIP are unaffected.
+                          {"address": UNKNOWN_PEER, "asn": ROUTER_ASN}],
             }  # fmt: skip
             manifests(tmp_path / "manifests", {"bgp": bgp}, pools=(POOL_BGP,), backends=3)
             agents = [Agent(fabric, n, tmp_path, tmp_path / "manifests") for n in fabric.nodes]
@@ -321,8 +325,11 @@ def test_bgp_ecmp_over_two_nodes_with_maglev_and_withdrawal_when_a_node_dies(
     wait_for(lambda: router_next_hops(fabric, vip) == nodes, 60, step=0.2)
     print(f"\nBGP: router has the VIP over both nodes {time.monotonic() - t0:.1f} s after start")
     for a in agents:
-        assert metric(a.metrics(), "gatewaylb_bgp_session_up") == 1
-        assert metric(a.metrics(), 'gatewaylb_announced_vips{mode="bgp"}') == 1
+        text = a.metrics()
+        assert metric(text, f'gatewaylb_bgp_session_up{{peer="{fabric.router.ip4}"') == 1
+        assert metric(text, f'gatewaylb_bgp_session_up{{peer="{UNKNOWN_PEER}"') == 0
+        assert f'peer="{UNKNOWN_PEER}"' in text
+        assert metric(text, 'gatewaylb_announced_vips{mode="bgp"}') == 1
 
     sports = range(31000, 31064)
     first = {p: fabric.call(fabric.client, tcp_from, vip, p) for p in sports}
