@@ -58,6 +58,7 @@ behaviour built on them):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -93,6 +94,7 @@ DEFERRAL_TIME = 1
 RESTART_TIME_MAX = 4095  # 12 bits in the graceful-restart capability
 TCP_MD5_KEY_MAX = 80  # bytes, TCP_MD5SIG_MAXKEYLEN
 START_TIMEOUT = 10.0
+PATH_WORKERS = 8  # gobgp CLI processes at once when adding or withdrawing paths
 RELOAD_TIMEOUT = 5.0
 CLI_TIMEOUT = 10.0
 
@@ -766,18 +768,26 @@ class BGPAnnouncer:
         """Add missing VIPs, delete the others; one failing VIP does not stop
         the rest.  Returns a message per failure."""
         current = self._rib()
-        problems: list[str] = []
-        for verb, todo in (("add", vips - current), ("del", current - vips)):
-            for vip in sorted(todo):
-                try:
-                    # No next hop: gobgpd sends each peer this node's address
-                    # on that session (see the module docstring).
-                    self._cli("global", "rib", "-a", _family(vip), verb, _host_prefix(vip))
-                except BGPError as exc:
-                    problems.append(f"VIP {vip}: gobgp {verb} failed: {exc}")
-                    continue
-                log.info("event=bgp_path_%s vip=%s", "added" if verb == "add" else "withdrawn", vip)
-        return problems
+        work = [("add", v) for v in sorted(vips - current)]
+        work += [("del", v) for v in sorted(current - vips)]
+        if not work:
+            return []
+
+        def one(item: tuple[str, str]) -> str | None:
+            verb, vip = item
+            try:
+                # No next hop: gobgpd sends each peer this node's address on
+                # that session (see the module docstring).
+                self._cli("global", "rib", "-a", _family(vip), verb, _host_prefix(vip))
+            except BGPError as exc:
+                return f"VIP {vip}: gobgp {verb} failed: {exc}"
+            log.info("event=bgp_path_%s vip=%s", "added" if verb == "add" else "withdrawn", vip)
+            return None
+
+        # One CLI process per path costs ~10 ms, mostly process start: a few
+        # in parallel cut a first announcement of 1000 VIPs several-fold.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PATH_WORKERS) as pool:
+            return [p for p in pool.map(one, work) if p is not None]
 
     # -- helpers -------------------------------------------------------------------------------
 
