@@ -24,6 +24,7 @@ from agent.announce.reconciler import AnnounceReconciler
 from agent.dataplane.base import Dataplane, ReconcileResult
 from agent.events import EventRecorder, ObjectRef
 from agent.metrics import AgentMetrics, LabelledCounters
+from agent.model.config import CONFIG_GROUP, CONFIG_KIND
 from agent.model.meta import Key
 from agent.model.snapshot import Snapshot
 from agent.proxy.feedback import apply_problems
@@ -79,6 +80,8 @@ class Agent:
         self._proxy_problems: tuple[Problem, ...] = ()
         self._status_pending: tuple[Snapshot, Translation] | None = None
         self._status_ready = asyncio.Event()
+        self._last_sync_cost = 0.0
+        self._last_sync_end = 0.0
         self.ready = False
         self.syncs = 0
         metrics.add_kernel_counters(self._labelled_counters)
@@ -160,6 +163,17 @@ class Agent:
             if self._stop.is_set():
                 return
 
+    async def _pace(self) -> None:
+        """Under a storm of changes (thousands of objects being created), sync
+        at most half of the time: a full sync at that scale takes a good
+        fraction of a second of CPU, and back-to-back syncs would starve the
+        API server that is still sending the storm (as kube-proxy's
+        minSyncPeriod does).  A single edit in a quiet cluster waits nothing."""
+        wait = self._last_sync_cost - (time.monotonic() - self._last_sync_end)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+
     async def _sync_loop(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
@@ -176,7 +190,12 @@ class Agent:
                 await self._debounce()
                 if self._stop.is_set():
                     return
+                await self._pace()
+                if self._stop.is_set():
+                    return
+            t0 = time.monotonic()
             ok = await self.sync_once()
+            self._last_sync_cost, self._last_sync_end = time.monotonic() - t0, time.monotonic()
             backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
 
     async def sync_once(self) -> bool:
@@ -314,6 +333,20 @@ class Agent:
             log.exception("event=reconcile_failed reconciler=announce")
         finally:
             self._metrics.sync_duration.labels("announce").observe(time.monotonic() - t0)
+        problems = self._announcer.status().problems
+        if problems and self._events is not None:
+            await asyncio.to_thread(self._announce_events, desired, problems)
+
+    def _announce_events(self, desired: DesiredState, problems: tuple[str, ...]) -> None:
+        """What this node cannot announce, as Warning Events on the
+        GatewayLBConfig objects its BGP settings come from."""
+        assert self._events is not None
+        bgp = desired.announce.bgp
+        sources = sorted({p.source for p in bgp.peers if p.source}) if bgp else []
+        for name in sources:
+            ref = ObjectRef(CONFIG_KIND, "", name, f"{CONFIG_GROUP}/v1alpha1")
+            for problem in problems:
+                self._events.warning(ref, "AnnouncementProblem", problem)
 
     async def _supervise_announcer(self) -> None:
         """Re-apply periodically: a BGP speaker that died is restarted, an

@@ -28,6 +28,7 @@ from agent.output import translation_document
 from agent.sources.kube import Key, KubeSource, ObjectRef
 from agent.sources.kubeapi import ApiError, KubeClient
 from agent.translate import Translation
+from agent.translate.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +192,31 @@ class KubeStatusWriter:
         self._clock = clock
         self._writes_lock = threading.Lock()
         self.writes = 0  # patches sent, for tests and metrics
+        # key -> (the status we last found or made current, the object's
+        # resourceVersion then).  While both are unchanged the object needs no
+        # look at all: at thousands of routes, rendering and comparing every
+        # status after each sync would cost more CPU than the sync itself.
+        self._confirmed: dict[Key, tuple[Status, str]] = {}
 
     def write(self, snapshot: Snapshot, result: Translation) -> None:
         if not self._is_leader():
+            self._confirmed.clear()  # another agent writes meanwhile
             return
         refs = self._source.status_refs()
-        wanted: dict[Key, dict[str, Any]] = {
-            (o.kind, o.namespace, o.name): o.status.to_dict() for o in result.status.objects
-        }
+        wanted: dict[Key, dict[str, Any]] = {}
+        computed: dict[Key, Status] = {}
+        ours: set[Key] = set()
+        for o in result.status.objects:
+            key = (o.kind, o.namespace, o.name)
+            ours.add(key)
+            ref = refs.get(key)
+            if ref is not None and self._confirmed.get(key) == (o.status, ref.resource_version):
+                continue
+            wanted[key] = o.status.to_dict()
+            computed[key] = o.status
         # Routes that no longer name any Gateway of ours lose our parents entries.
         for key, ref in refs.items():
-            if key[0] in ROUTE_KINDS and key not in wanted and self._has_our_parents(ref):
+            if key[0] in ROUTE_KINDS and key not in ours and self._has_our_parents(ref):
                 wanted[key] = {"parents": []}
         now = rfc3339(self._clock())
         jobs = [
@@ -212,12 +227,22 @@ class KubeStatusWriter:
         # Each patch is a round trip; a few in flight make thousands of routes'
         # first status minutes faster, and the API server copes with 8.
         with concurrent.futures.ThreadPoolExecutor(self._parallel) as pool:
-            for _ in pool.map(lambda job: self._patch_logged(job[0], job[1], job[2], now), jobs):
-                pass
+            for (key, _, _), rv in zip(
+                jobs,
+                pool.map(lambda job: self._patch_logged(job[0], job[1], job[2], now), jobs),
+                strict=True,
+            ):
+                if rv is not None and key in computed:
+                    self._confirmed[key] = (computed[key], rv)
+        if len(self._confirmed) > 2 * len(ours) + 1024:
+            self._confirmed = {k: v for k, v in self._confirmed.items() if k in ours}
 
-    def _patch_logged(self, key: Key, target: ObjectRef, new: dict[str, Any], now: str) -> None:
+    def _patch_logged(
+        self, key: Key, target: ObjectRef, new: dict[str, Any], now: str
+    ) -> str | None:
+        """The object's resourceVersion once its status is current, None on failure."""
         try:
-            self._patch(key, target, new, now)
+            return self._patch(key, target, new, now)
         except ApiError as exc:
             log.warning(
                 "event=status_write_failed kind=%s object=%s/%s error=%r",
@@ -226,6 +251,7 @@ class KubeStatusWriter:
                 key[2],
                 str(exc)[:200],
             )
+            return None
 
     def _has_our_parents(self, ref: ObjectRef) -> bool:
         parents = (ref.status or {}).get("parents") or []
@@ -233,12 +259,12 @@ class KubeStatusWriter:
             isinstance(p, dict) and p.get("controllerName") == self._controller for p in parents
         )
 
-    def _patch(self, key: Key, ref: ObjectRef, new: dict[str, Any], now: str) -> None:
+    def _patch(self, key: Key, ref: ObjectRef, new: dict[str, Any], now: str) -> str | None:
         status, rv = ref.status, ref.resource_version
         for attempt in range(4):
             merged = merge_status(key[0], status, new, now, self._controller)
             if _normalized(merged) == _normalized(status or {}):
-                return
+                return rv
             path = ref.resource.object_path(ref.namespace, ref.name) + "/status"
             try:
                 out = self._client.request(
@@ -249,7 +275,7 @@ class KubeStatusWriter:
                 )
             except ApiError as exc:
                 if exc.status == 404:
-                    return
+                    return None
                 if exc.status != 409 or attempt == 3:
                     raise
                 # Someone wrote in between: read the object again and re-merge.
@@ -263,4 +289,5 @@ class KubeStatusWriter:
                 self.writes += 1
             new_rv = str((out.get("metadata") or {}).get("resourceVersion") or "")
             self._source.update_status(key, new_rv, out.get("status") or merged)
-            return
+            return new_rv
+        return None

@@ -300,6 +300,10 @@ def test_agent_programs_objects_from_the_api_and_writes_their_status(
     wait_for(
         lambda: {lab.call(lab.client, tcp_ask, VIP, 80) for _ in range(20)} == {"be1", "be2"}, 20
     )
+    # Objects whose status did not change keep it through later syncs (the
+    # writer skips them; it must not mistake them for routes that left us).
+    udp_parents = get(cp, f"/apis/{GW}/namespaces/{APP}/udproutes/udp")["status"]["parents"]
+    assert [p["controllerName"] for p in udp_parents] == ["gatewaylb.io/agent"]
     # Editing the route converges.
     cp.apply(service("green"))
     cp.apply(slice_("green", [be3]))
