@@ -171,6 +171,13 @@ def _dataplane_options(
     help="bgp: 127.0.0.1 port of the gobgpd API the agent drives.",
 )
 @click.option(
+    "--proxy-threads",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Threads of the L7 proxy worker (HAProxy's nbthread; default: one per CPU). "
+    "On small nodes where clients and backends share the CPUs, 1 serves more.",
+)
+@click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option(
@@ -192,6 +199,7 @@ def run_command(
     namespace: str,
     announce: str,
     bgp_api_port: int,
+    proxy_threads: int | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -240,7 +248,9 @@ def run_command(
         metrics=metrics,
         settings=SyncSettings(controller_name=controller_name),
         status_writers=writers,
-        proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()),
+        proxy=ProxyReconciler(
+            ProxyWorker(run_dir / "proxy", threads=proxy_threads), VIPAddresses()
+        ),
         events=events,
         announcer=(
             AnnounceReconciler(
