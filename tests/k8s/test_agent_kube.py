@@ -475,6 +475,9 @@ def test_bad_input_through_the_api_is_reported_and_the_agent_keeps_serving(
     # the one that carries (here: refuses) the listener's traffic.
     ghost = l4_route("TCPRoute", "ghost", "cross", "no-such-service")
     cp.apply(ghost)
+    # creationTimestamp has one-second resolution and ties go by name
+    # ("crowd..." < "ghost"): the crowd must be created in a later second.
+    time.sleep(1.1)
     agent.start()
     crowd = [l4_route("TCPRoute", f"crowd{i}", "cross", "blue") for i in range(1000)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
