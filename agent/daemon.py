@@ -37,6 +37,11 @@ from agent.translate.status import GatewayStatus
 
 log = logging.getLogger("gatewaylb.agent")
 
+# After a sync that took T seconds, the next one waits until FACTOR * T have
+# passed: under a storm of changes the agent syncs at most 1 / (1 + FACTOR) of
+# the time and leaves the rest of the CPU to the API server sending the storm.
+SYNC_IDLE_FACTOR = 3.0
+
 
 @dataclass(frozen=True, slots=True)
 class SyncSettings:
@@ -82,6 +87,7 @@ class Agent:
         self._status_ready = asyncio.Event()
         self._last_sync_cost = 0.0
         self._last_sync_end = 0.0
+        self._storm = False
         self.ready = False
         self.syncs = 0
         metrics.add_kernel_counters(self._labelled_counters)
@@ -164,12 +170,15 @@ class Agent:
                 return
 
     async def _pace(self) -> None:
-        """Under a storm of changes (thousands of objects being created), sync
-        at most half of the time: a full sync at that scale takes a good
-        fraction of a second of CPU, and back-to-back syncs would starve the
-        API server that is still sending the storm (as kube-proxy's
-        minSyncPeriod does).  A single edit in a quiet cluster waits nothing."""
-        wait = self._last_sync_cost - (time.monotonic() - self._last_sync_end)
+        """Under a storm of changes (thousands of objects being created, so
+        new changes arrive while a sync runs), sync at most a quarter of the
+        time: a full sync at that scale takes a good fraction of a second of
+        CPU, and back-to-back syncs would starve the API server that is still
+        sending the storm (kube-proxy's minSyncPeriod has the same aim).  An
+        edit that finds the agent idle is synced at once."""
+        if not self._storm:
+            return
+        wait = SYNC_IDLE_FACTOR * self._last_sync_cost - (time.monotonic() - self._last_sync_end)
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
@@ -196,6 +205,8 @@ class Agent:
             t0 = time.monotonic()
             ok = await self.sync_once()
             self._last_sync_cost, self._last_sync_end = time.monotonic() - t0, time.monotonic()
+            # Changes that arrived while this sync ran: a storm, pace the next one.
+            self._storm = self._dirty.is_set()
             backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
 
     async def sync_once(self) -> bool:
