@@ -277,11 +277,19 @@ int glb_ingress(struct __sk_buff *skb)
 
 	known = glb_flows.lookup(&p.k);
 	if (known) {
+		struct glb_backend *still;
+
 		flow = *known;
-		/* A fresh SYN reusing the 5-tuple of a flow whose backend is gone
-		 * starts over instead of going to a removed backend. */
-		if ((p.tcp_flags & (GLB_TCP_SYN | GLB_TCP_ACK)) == GLB_TCP_SYN &&
-		    !glb_backends.lookup(&flow.backend_id))
+		/* The flow's backend left the frontend altogether (a draining one,
+		 * weight 0, is still there).  A UDP flow then moves to a live
+		 * backend instead of black-holing (the kube-proxy bug class), and
+		 * so does a fresh SYN reusing the 5-tuple; an established TCP
+		 * connection keeps its backend, as conntrack would.  The address
+		 * is compared too: a removed backend's id may be given again. */
+		still = glb_backends.lookup(&flow.backend_id);
+		if ((p.k.proto == IPPROTO_UDP ||
+		     (p.tcp_flags & (GLB_TCP_SYN | GLB_TCP_ACK)) == GLB_TCP_SYN) &&
+		    (!still || !glb_addr_eq(still->addr, flow.addr) || still->port != flow.port))
 			known = NULL;
 	}
 	if (!known) {

@@ -340,6 +340,21 @@ def test_established_flows_keep_their_backend_when_the_set_changes(env: Env) -> 
             env.client(c.close)
 
 
+def test_udp_flow_of_a_removed_backend_moves_and_a_draining_one_stays(env: Env) -> None:
+    sport = 40053  # one 5-tuple throughout: the flow table decides, not Maglev
+    env.program(frontend(vip4(19), 53, {1: 1}, proto="udp"))
+    assert env.client(udp_ask, vip4(19), 53, sport)[0] == "be1"
+    # Weight 0 keeps the flow (draining) ...
+    env.program(frontend(vip4(19), 53, {1: 0, 2: 1}, proto="udp"))
+    assert env.client(udp_ask, vip4(19), 53, sport)[0] == "be1"
+    # ... removal moves it: same 5-tuple, a live backend, no black hole.
+    env.program(frontend(vip4(19), 53, {2: 1}, proto="udp"))
+    assert env.client(udp_ask, vip4(19), 53, sport)[0] == "be2"
+    # A backend added later takes its Maglev share of new flows only.
+    env.program(frontend(vip4(19), 53, {2: 1, 3: 1}, proto="udp"))
+    assert env.client(udp_ask, vip4(19), 53, sport)[0] == "be2"
+
+
 def udp_stream(ns: str, vip: str, port: int, stop: threading.Event, out: list[str]) -> None:
     """New UDP flows back to back (a fresh socket each) until `stop`."""
     netns.setns_current_thread(ns)
