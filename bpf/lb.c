@@ -286,11 +286,13 @@ int glb_ingress(struct __sk_buff *skb)
 		 * so does a fresh SYN reusing the 5-tuple; an established TCP
 		 * connection keeps its backend, as conntrack would.  The address
 		 * is compared too: a removed backend's id may be given again. */
-		still = glb_backends.lookup(&flow.backend_id);
-		if ((p.k.proto == IPPROTO_UDP ||
-		     (p.tcp_flags & (GLB_TCP_SYN | GLB_TCP_ACK)) == GLB_TCP_SYN) &&
-		    (!still || !glb_addr_eq(still->addr, flow.addr) || still->port != flow.port))
-			known = NULL;
+		if (p.k.proto == IPPROTO_UDP ||
+		    (p.tcp_flags & (GLB_TCP_SYN | GLB_TCP_ACK)) == GLB_TCP_SYN) {
+			still = glb_backends.lookup(&flow.backend_id);
+			if (!still || !glb_addr_eq(still->addr, flow.addr) ||
+			    still->port != flow.port)
+				known = NULL;
+		}
 	}
 	if (!known) {
 		struct glb_backend *be;
