@@ -14,8 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from typing import Any, Protocol
 
 from agent.model.meta import Key as GatewayKey
 from agent.model.snapshot import Snapshot
+from agent.osutil import write_atomically
 from agent.output import translation_document
 from agent.sources.kube import Key, KubeSource, ObjectRef
 from agent.sources.kubeapi import ApiError, KubeClient
@@ -39,21 +38,6 @@ class StatusWriter(Protocol):
     def write(self, snapshot: Snapshot, result: Translation) -> None: ...
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FileStatusWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -64,7 +48,8 @@ class FileStatusWriter:
         # Compact: at 10k routes the indented form is 27 MB and a second to write.
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
         if text != self._last:
-            write_atomically(self.path, text)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, text.encode())
             self._last = text
 
 

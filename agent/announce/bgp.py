@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import errno
 import hashlib
 import ipaddress
 import json
@@ -77,6 +76,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from agent.osutil import alive, terminate, write_atomically
 from agent.state import Announcement, BGPPeer, BGPSettings
 
 log = logging.getLogger(__name__)
@@ -587,7 +587,7 @@ class BGPAnnouncer:
                 pid = int(self.pidfile.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 return None
-            if not _alive(pid) or not self._is_ours(pid):
+            if not alive(pid) or not self._is_ours(pid):
                 return None
             return pid
 
@@ -644,7 +644,7 @@ class BGPAnnouncer:
                 start_new_session=True,
             )
         self._proc = proc
-        _atomic_write(self.pidfile, f"{proc.pid}\n".encode(), 0o644)
+        write_atomically(self.pidfile, f"{proc.pid}\n".encode(), 0o644)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -685,10 +685,10 @@ class BGPAnnouncer:
         died between starting it and writing the file): adopt it rather than
         start a second one that could not bind the API port."""
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and self._is_ours(int(entry.name)) and _alive(int(entry.name)):
+            if entry.name.isdigit() and self._is_ours(int(entry.name)) and alive(int(entry.name)):
                 pid = int(entry.name)
                 log.info("event=bgp_daemon_found gobgpd_pid=%d", pid)
-                _atomic_write(self.pidfile, f"{pid}\n".encode(), 0o644)
+                write_atomically(self.pidfile, f"{pid}\n".encode(), 0o644)
                 return pid
         return None
 
@@ -709,7 +709,7 @@ class BGPAnnouncer:
         if self._read_config() == text:
             return
         candidate = self.dir / (CONFIG + ".new")
-        _atomic_write(candidate, text.encode(), 0o600)
+        write_atomically(candidate, text.encode(), 0o600)
         proc = _run([self.gobgpd, "--dry-run", "-t", "toml", "-f", str(candidate)])
         if proc.returncode != 0:
             candidate.unlink(missing_ok=True)
@@ -737,7 +737,7 @@ class BGPAnnouncer:
     def _terminate(self, pid: int) -> None:
         # SIGTERM: gobgpd sends a Cease to each peer, which drops our routes
         # at once (no graceful restart for an announced shutdown).
-        _terminate(pid, timeout=5.0)
+        terminate(pid, timeout=5.0)
         if self._proc is not None and self._proc.pid == pid:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=1.0)
@@ -837,41 +837,3 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BGPError(f"{argv[0]}: {exc}") from None
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    # A zombie (our own unreaped child) is not alive.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.osutil import alive
+
 T = TypeVar("T")
 
 NETNS_DIR = Path("/run/netns")
@@ -108,16 +110,6 @@ def unregister_run(prefix: str) -> None:
     (RUN_DIR / f"{prefix.strip('-')}.pid").unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_leftovers(prefix: str = "glb-") -> list[str]:
     """Delete namespaces named `prefix...` whose creating run is no longer alive
     (a killed test or demo).  Returns the names removed."""
@@ -135,7 +127,7 @@ def cleanup_leftovers(prefix: str = "glb-") -> list[str]:
             owner = int(pidfile.read_text())
         except (OSError, ValueError):
             owner = 0
-        if owner == os.getpid() or (owner and _alive(owner)):
+        if owner == os.getpid() or (owner and alive(owner)):
             continue
         remove(name)
         pidfile.unlink(missing_ok=True)

@@ -25,11 +25,9 @@ This never uses the system haproxy service or its files.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -40,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.osutil import terminate, write_atomically
 from agent.proxy.render import (
     CERT_DIR,
     HEALTH_SOCKET,
@@ -234,10 +233,10 @@ class ProxyWorker:
             if pid is not None:
                 with contextlib.suppress(ProxyError):
                     workers = [p.pid for p in self.processes() if p.kind == "worker"]
-                _terminate(pid, timeout=5.0)
+                terminate(pid, timeout=5.0)
             for wpid in workers:
                 if _is_haproxy(wpid):
-                    _terminate(wpid, timeout=2.0)
+                    terminate(wpid, timeout=2.0)
             if remove_files:
                 for name in (CONFIG, CONFIG + ".new", PIDFILE, MASTER_SOCKET, "stats.sock"):
                     (self.run_dir / name).unlink(missing_ok=True)
@@ -301,7 +300,7 @@ class ProxyWorker:
                     continue
             except OSError:
                 pass
-            _atomic_write(path, data, 0o600)
+            write_atomically(path, data, 0o600)
 
     def _collect_files(self, rendered: RenderedConfig) -> None:
         """Remove certificate files no configuration refers to any more (the
@@ -313,7 +312,7 @@ class ProxyWorker:
 
     def _check(self, text: str) -> str | None:
         candidate = self.run_dir / (CONFIG + ".new")
-        _atomic_write(candidate, text.encode(), 0o600)
+        write_atomically(candidate, text.encode(), 0o600)
         proc = subprocess.run(
             [self.haproxy, "-c", "-f", str(candidate)],
             capture_output=True,
@@ -380,7 +379,7 @@ class ProxyWorker:
         )
 
     def _install(self, text: str) -> None:
-        _atomic_write(self.config_path, text.encode(), 0o600)
+        write_atomically(self.config_path, text.encode(), 0o600)
 
     def _start(self) -> None:
         self._kill_stale()
@@ -436,21 +435,10 @@ class ProxyWorker:
         """A master of ours that no longer answers (hung): stop it before a new one."""
         pid = self.master_pid()
         if pid is not None:
-            _terminate(pid, timeout=2.0)
+            terminate(pid, timeout=2.0)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _socket_command(path: Path, cmd: str, timeout: float) -> str:
@@ -498,30 +486,3 @@ def _is_haproxy(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"haproxy")
     except OSError:
         return False
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    # A zombie (our own unreaped child) is not alive.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
