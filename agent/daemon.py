@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.announce.reconciler import AnnounceReconciler
@@ -41,6 +41,7 @@ log = logging.getLogger("gatewaylb.agent")
 # passed: under a storm of changes the agent syncs at most 1 / (1 + FACTOR) of
 # the time and leaves the rest of the CPU to the API server sending the storm.
 SYNC_IDLE_FACTOR = 3.0
+SUPERVISE_PERIOD = 2.0  # seconds between checks of the proxy worker and the announcer
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +130,27 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop)
         self._dirty.set()
         async with asyncio.TaskGroup() as tg:
-            watch = tg.create_task(self._watch())
-            supervisor = tg.create_task(self._supervise_proxy()) if self._proxy else None
-            announcing = tg.create_task(self._supervise_announcer()) if self._announcer else None
-            status = tg.create_task(self._status_loop())
+            helpers = [tg.create_task(self._watch()), tg.create_task(self._status_loop())]
+            if self._proxy is not None:
+                helpers.append(
+                    tg.create_task(
+                        self._supervise(self._proxy.ensure_running, "proxy_supervise_failed")
+                    )
+                )
+            if self._announcer is not None:
+                helpers.append(
+                    tg.create_task(
+                        self._supervise(
+                            self._announcer.refresh,
+                            "announce_refresh_failed",
+                            "announce",
+                            after_ready=True,
+                        )
+                    )
+                )
             await self._sync_loop()
-            watch.cancel()
-            status.cancel()
-            for task in (supervisor, announcing):
-                if task is not None:
-                    task.cancel()
+            for task in helpers:
+                task.cancel()
         if self._announcer is not None:
             await asyncio.to_thread(self._announcer.close, False)
         log.info("event=stopped kernel_state=kept")
@@ -344,7 +356,8 @@ class Agent:
             log.exception("event=reconcile_failed reconciler=announce")
         finally:
             self._metrics.sync_duration.labels("announce").observe(time.monotonic() - t0)
-        problems = self._announcer.status().problems
+        # Only the problems: the full status asks gobgpd about its peers.
+        problems = self._announcer.problems()
         if problems and self._events is not None:
             await asyncio.to_thread(self._announce_events, desired, problems)
 
@@ -359,37 +372,32 @@ class Agent:
             for problem in problems:
                 self._events.warning(ref, "AnnouncementProblem", problem)
 
-    async def _supervise_announcer(self) -> None:
-        """Re-apply periodically: a BGP speaker that died is restarted, an
-        announce interface that appeared is used."""
-        assert self._announcer is not None
+    async def _supervise(
+        self,
+        fn: Callable[[], object],
+        failure: str,
+        reconciler: str | None = None,
+        *,
+        after_ready: bool = False,
+    ) -> None:
+        """Call `fn` in a thread every SUPERVISE_PERIOD until stopped: restarts
+        a proxy worker or BGP speaker that died, uses an announce interface
+        that appeared.  A failure is logged (event=`failure`) and counted
+        against `reconciler` if given; the next period tries again."""
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), 2.0)
+                await asyncio.wait_for(self._stop.wait(), SUPERVISE_PERIOD)
                 return
             except TimeoutError:
                 pass
-            if not self.ready:
+            if after_ready and not self.ready:
                 continue
             try:
-                await asyncio.to_thread(self._announcer.refresh)
+                await asyncio.to_thread(fn)
             except Exception:
-                self._metrics.sync_errors.labels("announce").inc()
-                log.exception("event=announce_refresh_failed")
-
-    async def _supervise_proxy(self) -> None:
-        """Restart the proxy worker if it dies (the worker itself backs off)."""
-        assert self._proxy is not None
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), 2.0)
-                return
-            except TimeoutError:
-                pass
-            try:
-                await asyncio.to_thread(self._proxy.ensure_running)
-            except Exception:
-                log.exception("event=proxy_supervise_failed")
+                if reconciler is not None:
+                    self._metrics.sync_errors.labels(reconciler).inc()
+                log.exception("event=%s", failure)
 
     def _reconcile(self, desired: DesiredState) -> ReconcileResult:
         with self._kernel_lock:

@@ -93,6 +93,10 @@ class AnnounceReconciler:
             if self._bgp is not None:
                 self._bgp.close(withdraw=withdraw)
 
+    def problems(self) -> tuple[str, ...]:
+        """What the announcer could not apply (kept in memory: no I/O)."""
+        return self._bgp.problems() if self._bgp is not None else ()
+
     def status(self) -> AnnounceStatus:
         if self._l2 is not None:
             return AnnounceStatus(
