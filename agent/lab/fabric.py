@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agent.lab import netns
 
@@ -51,9 +49,9 @@ class Member:
     ip6: str
 
 
-class Fabric:
+class Fabric(netns.NamespaceSet):
     def __init__(self, nodes: int = 2, *, router: bool = False, backends: int = 1) -> None:
-        self.prefix = netns.new_prefix()
+        super().__init__()
         self.with_router = router
         self.switch = self.prefix + "sw"
         self.nodes = [
@@ -73,44 +71,8 @@ class Fabric:
             self.client = Member("client", self.prefix + "client", "10.88.0.2", "fd00:88::2")
         else:
             self.client = Member("client", self.prefix + "client", f"{LAN4}.2", f"{LAN6}:2")
-        self._namespaces: list[str] = []
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._workers: dict[str, netns.NetnsWorker] = {}
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> Fabric:
-        netns.register_run(self.prefix)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for worker in self._workers.values():
-            worker.close()
-        self._workers.clear()
-        for name in reversed(self._namespaces):
-            netns.remove(name)
-        self._namespaces.clear()
-        netns.unregister_run(self.prefix)
 
     # -- building -------------------------------------------------------------------------
-
-    def _ns(self, name: str) -> None:
-        netns.create(name)
-        self._namespaces.append(name)
 
     def _port(self, member: Member, dev: str, mac: str) -> None:
         """A veth from the switch's bridge to `member`'s `dev`."""
@@ -131,10 +93,10 @@ class Fabric:
     def _build(self) -> None:
         ip = netns.ip
         for m in (self.switch, self.client.ns, *(n.ns for n in self.nodes)):
-            self._ns(m)
+            self.add_namespace(m)
         for group in self.backends.values():
             for b in group:
-                self._ns(b.ns)
+                self.add_namespace(b.ns)
         ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0", ns=self.switch)
         ip("link", "set", "br0", "up", ns=self.switch)
         for i, node in enumerate(self.nodes, start=1):
@@ -142,7 +104,7 @@ class Fabric:
             netns.sysctl(node.ns, "net.ipv4.ip_forward", "1")
             netns.sysctl(node.ns, "net.ipv6.conf.all.forwarding", "1")
         if self.with_router:
-            self._ns(self.router.ns)
+            self.add_namespace(self.router.ns)
             self._port(self.router, "lan0", "02:77:00:00:00:01")
             netns.sysctl(self.router.ns, "net.ipv4.ip_forward", "1")
             netns.sysctl(self.router.ns, "net.ipv6.conf.all.forwarding", "1")
@@ -178,16 +140,6 @@ class Fabric:
                 ip("-6", "route", "add", "default", "via", "fd00:20::1", ns=be.ns)
 
     # -- using ----------------------------------------------------------------------------
-
-    def call(self, member: Member, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if member.ns not in self._workers:
-            self._workers[member.ns] = netns.NetnsWorker(member.ns)
-        return self._workers[member.ns].call(fn, *args, **kwargs)
-
-    def popen(self, member: Member, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(netns.exec_argv(member.ns, argv), **kwargs)
-        self._procs.append(proc)
-        return proc
 
     def start_backends(self) -> None:
         """An echo server in every backend, answering `be<j>@<node>`."""

@@ -22,7 +22,8 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
 
 from agent.osutil import alive
 
@@ -178,3 +179,90 @@ def run_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return worker.call(fn, *args, **kwargs)
     finally:
         worker.close()
+
+
+# -- a run's set of namespaces ------------------------------------------------------------
+
+
+class InNamespace(Protocol):
+    """A lab host or member: anything that names its namespace."""
+
+    @property
+    def ns(self) -> str: ...
+
+
+Where = str | InNamespace
+
+
+class NamespaceSet:
+    """Context manager: the namespaces of one run, the processes started in
+    them and the worker threads parked there, all removed on any exit
+    (BaseException included: KeyboardInterrupt must not leak namespaces).
+    A topology subclasses it and builds itself in `_build`."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or new_prefix()
+        self._namespaces: list[str] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._workers: dict[str, NetnsWorker] = {}
+
+    def __enter__(self) -> Self:
+        register_run(self.prefix)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        for worker in self._workers.values():
+            worker.close()
+        self._workers.clear()
+        # Removing a namespace also kills what still runs in it (daemons the
+        # processes above started, e.g. gobgpd).
+        for name in reversed(self._namespaces):
+            remove(name)
+        self._namespaces.clear()
+        unregister_run(self.prefix)
+
+    def add_namespace(self, name: str) -> None:
+        create(name)
+        self._namespaces.append(name)
+
+    def worker(self, where: Where) -> NetnsWorker:
+        """A thread parked in that namespace, kept until the set closes."""
+        ns = where if isinstance(where, str) else where.ns
+        if ns not in self._workers:
+            self._workers[ns] = NetnsWorker(ns)
+        return self._workers[ns]
+
+    def call(self, where: Where, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self.worker(where).call(fn, *args, **kwargs)
+
+    def popen(self, where: Where, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        ns = where if isinstance(where, str) else where.ns
+        proc = subprocess.Popen(exec_argv(ns, argv), **kwargs)
+        self._procs.append(proc)
+        return proc

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agent.lab import netns
 
@@ -54,14 +52,14 @@ class Host:
     ip6: str
 
 
-class Lab:
+class Lab(netns.NamespaceSet):
     """Context manager: builds the standard topology, removes it on any exit.
 
     `with Lab(backends=3) as lab:` then `lab.client`, `lab.node`, `lab.backends`.
     """
 
     def __init__(self, backends: int = 2, prefix: str | None = None) -> None:
-        self.prefix = prefix or netns.new_prefix()
+        super().__init__(prefix)
         self.n_backends = backends
         self.client = Host("client", self.prefix + "client", "10.10.0.2", "fd00:10::2")
         self.node = Host("node", self.prefix + "node", "10.10.0.1", "fd00:10::1")
@@ -70,59 +68,13 @@ class Lab:
             Host(f"be{i}", f"{self.prefix}be{i}", f"10.20.0.{10 + i}", f"fd00:20::{10 + i}")
             for i in range(1, backends + 1)
         ]
-        self._namespaces: list[str] = []
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._workers: dict[str, netns.NetnsWorker] = {}
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    def __enter__(self) -> Lab:
-        netns.register_run(self.prefix)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # BaseException included: KeyboardInterrupt must not leak namespaces.
-        self.close()
-
-    def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
-        for worker in self._workers.values():
-            worker.close()
-        self._workers.clear()
-        for name in reversed(self._namespaces):
-            netns.remove(name)
-        self._namespaces.clear()
-        netns.unregister_run(self.prefix)
 
     # -- building -----------------------------------------------------------------------
-
-    def _ns(self, name: str) -> None:
-        netns.create(name)
-        self._namespaces.append(name)
 
     def _build(self) -> None:
         node, client = self.node.ns, self.client.ns
         for name in (node, client, *(b.ns for b in self.backends)):
-            self._ns(name)
+            self.add_namespace(name)
         ip = netns.ip
         # client <-> node; created inside the client ns, peer moved to the node.
         ip("link", "add", "eth0", "type", "veth", "peer", "name", "vc0", "netns", node, ns=client)
@@ -176,20 +128,6 @@ class Lab:
         netns.ip("link", "set", dev, "up", ns=ns)
 
     # -- using ------------------------------------------------------------------------------
-
-    def worker(self, host: Host) -> netns.NetnsWorker:
-        """A thread parked in `host`'s namespace, kept until the lab closes."""
-        if host.ns not in self._workers:
-            self._workers[host.ns] = netns.NetnsWorker(host.ns)
-        return self._workers[host.ns]
-
-    def call(self, host: Host, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self.worker(host).call(fn, *args, **kwargs)
-
-    def popen(self, host: Host, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(netns.exec_argv(host.ns, argv), **kwargs)
-        self._procs.append(proc)
-        return proc
 
     def start_echo(self, host: Host, tcp: int = 8080, udp: int = 8080) -> subprocess.Popen[bytes]:
         """An echo backend answering with its role name; waits until it listens."""
