@@ -37,7 +37,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -156,48 +155,21 @@ class NodeAgent:
         self.proc.wait()
 
 
-class BGPLab:
+class BGPLab(netns.NamespaceSet):
     def __init__(self) -> None:
-        self.prefix = netns.new_prefix()
+        super().__init__()
         self.router = self.prefix + "router"
         self.client = self.prefix + "client"
         self.ns = {N1.name: self.prefix + "n1", N2.name: self.prefix + "n2"}
         self.tmp = Path(tempfile.mkdtemp(prefix="glb-bgp-"))
         self.bird_sock = self.tmp / "bird.ctl"
         self.agents: dict[str, NodeAgent] = {}
-        self._procs: list[subprocess.Popen[Any]] = []
-        self._namespaces: list[str] = []
         self._logs: list[Any] = []
-
-    def __enter__(self) -> BGPLab:
-        netns.register_run(self.prefix)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         for agent in self.agents.values():
             agent.kill()
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        # Removing a namespace kills what still runs in it: the gobgpd daemons.
-        for name in reversed(self._namespaces):
-            netns.remove(name)
-        netns.unregister_run(self.prefix)
+        super().close()
         for f in self._logs:
             f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -206,8 +178,7 @@ class BGPLab:
 
     def _build(self) -> None:
         for name in (self.router, self.client, *self.ns.values()):
-            netns.create(name)
-            self._namespaces.append(name)
+            self.add_namespace(name)
         self._link("ec", self.client, 3)
         netns.ip("route", "add", "default", "via", "10.77.3.1", ns=self.client)
         netns.ip("-6", "route", "add", "default", "via", "fd00:77:3::1", ns=self.client)
@@ -246,8 +217,7 @@ class BGPLab:
 
     def _start_echo(self, ns: str, name: str) -> None:
         argv = [sys.executable, "-m", "agent.lab.echo", "--tcp", str(PORT), "--name", name]
-        proc = subprocess.Popen(netns.exec_argv(ns, argv), stdout=subprocess.PIPE)
-        self._procs.append(proc)
+        proc = self.popen(ns, argv, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         if b"ready" not in proc.stdout.readline():
             raise netns.LabError(f"echo server in {ns} did not start")
@@ -256,9 +226,7 @@ class BGPLab:
         conf = self.tmp / "bird.conf"
         conf.write_text(bird_config())
         argv = ["bird", "-f", "-c", str(conf), "-s", str(self.bird_sock)]
-        self._procs.append(
-            subprocess.Popen(netns.exec_argv(self.router, argv), stderr=self._log("bird"))
-        )
+        self.popen(self.router, argv, stderr=self._log("bird"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.birdc("show", "status", check=False).startswith("BIRD"):

@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import pytest
@@ -79,50 +78,22 @@ class Node:
     mac: str
 
 
-class Segment:
+class Segment(netns.NamespaceSet):
     """The topology above; removes its namespaces and processes on any exit."""
 
     def __init__(self) -> None:
-        self.prefix = netns.new_prefix()
+        super().__init__()
         self.client_ns = self.prefix + "client"
         self.nodes = [
             Node(name, self.prefix + name, f"10.77.0.{11 + i}", f"fd00:77::{11 + i}", "")
             for i, name in enumerate(NAMES)
         ]
-        self._namespaces: list[str] = []
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.client: netns.NetnsWorker | None = None
-
-    def __enter__(self) -> Segment:
-        netns.register_run(self.prefix)
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        if self.client is not None:
-            self.client.close()
-        for name in reversed(self._namespaces):
-            netns.remove(name)
-        netns.unregister_run(self.prefix)
+        self._announcers: dict[str, subprocess.Popen[bytes]] = {}
 
     def _build(self) -> None:
         ip = netns.ip
         for name in (self.client_ns, *(n.ns for n in self.nodes)):
-            netns.create(name)
-            self._namespaces.append(name)
+            self.add_namespace(name)
         client = self.client_ns
         ip("link", "add", "br0", "type", "bridge", ns=client)
         ip("addr", "add", f"{CLIENT4}/24", "dev", "br0", ns=client)
@@ -153,28 +124,24 @@ class Segment:
             for vip in VIPS6:
                 ip("-6", "addr", "add", f"{vip}/128", "dev", "lo", "nodad", ns=node.ns)
         self.nodes = [Node(n.name, n.ns, n.ip4, n.ip6, _mac(n.ns, IFACE)) for n in self.nodes]
-        self.client = netns.NetnsWorker(client)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self.client is not None
-        return self.client.call(fn, *args)
+    def on_client(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.call(self.client_ns, fn, *args)
 
     def start(self, node: Node, vips: tuple[str, ...]) -> None:
         argv = [sys.executable, "-c", NODE_SCRIPT, node.name, IFACE, str(PORT), *vips]
-        proc = subprocess.Popen(
-            netns.exec_argv(node.ns, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self._procs[node.name] = proc
+        proc = self.popen(node.ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._announcers[node.name] = proc
         assert proc.stdout is not None
         if b"ready" not in proc.stdout.readline():
             raise netns.LabError(f"announcer in {node.ns} did not start")
 
     def kill(self, node: Node) -> None:
         """Like a dead node: the agent gone without a word, its link gone too."""
-        self._procs[node.name].kill()
+        self._announcers[node.name].kill()
         netns.ip("link", "del", IFACE, ns=node.ns)
 
     def neighbour(self, vip: str) -> str:
@@ -184,8 +151,8 @@ class Segment:
 
     def probe(self, vip: str) -> list[str]:
         if ipaddress.ip_address(vip).version == 4:
-            return self.call(arp_probe, vip)
-        return self.call(ns_probe, vip)
+            return self.on_client(arp_probe, vip)
+        return self.on_client(ns_probe, vip)
 
 
 VIPS4 = (VIP4, *(f"10.77.0.{i}" for i in range(101, 113)))
@@ -311,7 +278,9 @@ def test_kernel_alone_answers_arp_on_every_node_and_ndp_on_none(segment: Segment
     assert sorted(segment.probe(VIP4)) == macs
     assert segment.probe(VIP6) == []
     for node in segment.nodes:
-        assert segment.call(ns_probe, VIP6, 0.2, bytes.fromhex(node.mac.replace(":", ""))) == []
+        assert (
+            segment.on_client(ns_probe, VIP6, 0.2, bytes.fromhex(node.mac.replace(":", ""))) == []
+        )
 
 
 @pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["ipv4", "ipv6"])
@@ -323,12 +292,12 @@ def test_owner_answers_and_survivor_takes_over_after_sigkill(segment: Segment, v
     # The announcers listen for one dead interval before they claim anything.
     wait_until(lambda: bool(segment.probe(vip)), 5.0, f"an answer for {vip}")
     assert segment.probe(vip) == [owner.mac], "exactly one node, the owner, answers"
-    assert segment.call(tcp_name, vip) == owner.name
+    assert segment.on_client(tcp_name, vip) == owner.name
     assert segment.neighbour(vip) == owner.mac
 
     killed = time.monotonic()
     segment.kill(owner)
-    elapsed = segment.call(wait_for_server, vip, survivor.name, killed, 10.0)
+    elapsed = segment.on_client(wait_for_server, vip, survivor.name, killed, 10.0)
     family = "IPv4" if ":" not in vip else "IPv6"
     print(f"\n{family} failover: {elapsed:.2f} s from SIGKILL to a connection to {survivor.name}")
     assert elapsed < FAILOVER_LIMIT_S
@@ -363,7 +332,7 @@ def test_two_live_nodes_share_the_vips(segment: Segment) -> None:
             vip = next(v for v in VIPS6 if owner_of(v, NAMES) == node.name)
             for asked in segment.nodes:
                 mac = bytes.fromhex(asked.mac.replace(":", ""))
-                answers = segment.call(ns_probe, vip, 0.2, mac)
+                answers = segment.on_client(ns_probe, vip, 0.2, mac)
                 assert answers == ([node.mac] if asked is node else []), (vip, asked.name)
 
         a, b = announcers
