@@ -671,30 +671,12 @@ class _EntryWriter:
             choices.append(_Choice(name, svc.weight))
         if backends.invalid_weight > 0:
             choices.append(_Choice(None, backends.invalid_weight))
-        out: list[str] = []
-        if not choices:
-            # No backend at all (no backendRefs, every weight 0): 500.
-            out.append(f"http-request return status 500{cond}")
-            return out
-        if len(choices) == 1:
-            only = choices[0]
-            if only.backend is None:
-                out.append(f"http-request return status 500{cond}")
-            else:
-                self.use_backend.append(f"use_backend {only.backend}{cond}")
-            return out
-        total = sum(c.weight for c in choices)
-        out.append(f"http-request set-var(txn.pick) rand({total}){cond}")
-        low = 0
-        for i, choice in enumerate(choices):
-            high = low + choice.weight - 1
-            out.append(f"acl e{e}_w{i} var(txn.pick) -m int {low}:{high}")
-            if choice.backend is None:
-                out.append(f"http-request return status 500{cond} e{e}_w{i}")
-            else:
-                self.use_backend.append(f"use_backend {choice.backend}{cond} e{e}_w{i}")
-            low = high + 1
-        return out
+        # No backend at all (no backendRefs, every weight 0) is a 500 too.
+        rules, uses = _weighted_pick(
+            choices, cond, f"e{e}", "http-request", "http-request return status 500"
+        )
+        self.use_backend.extend(uses)
+        return rules
 
     def _prefix(self) -> str:
         m = self.entry.match
@@ -840,28 +822,39 @@ class _TCPFrontend:
             ]
             if backends.invalid_weight > 0:
                 choices.append(_Choice(None, backends.invalid_weight))
-            if not choices:
-                s.add(f"{d} reject{cond}")
-                continue
-            if len(choices) == 1:
-                if choices[0].backend is None:
-                    s.add(f"{d} reject{cond}")
-                else:
-                    use_backend.append(f"use_backend {choices[0].backend}{cond}")
-                continue
-            total = sum(c.weight for c in choices)
-            s.add(f"{d} set-var(txn.pick) rand({total}){cond}")
-            low = 0
-            for i, choice in enumerate(choices):
-                high = low + choice.weight - 1
-                s.add(f"acl e{idx}_w{i} var(txn.pick) -m int {low}:{high}")
-                if choice.backend is None:
-                    s.add(f"{d} reject{cond} e{idx}_w{i}")
-                else:
-                    use_backend.append(f"use_backend {choice.backend}{cond} e{idx}_w{i}")
-                low = high + 1
+            rules, uses = _weighted_pick(choices, cond, f"e{idx}", d, f"{d} reject")
+            for line in rules:
+                s.add(line)
+            use_backend.extend(uses)
         for line in use_backend:
             s.add(line)
+
+
+def _weighted_pick(
+    choices: list[_Choice], cond: str, tag: str, directive: str, refuse: str
+) -> tuple[list[str], list[str]]:
+    """(frontend rules, use_backend lines) that send each request or stream
+    under `cond` to a choice in proportion to its weight: a random pick into
+    txn.pick and one ACL per weight range.  A choice without a backend (the
+    invalid share), or no choice at all, gets `refuse` (an HTTP 500 or a
+    rejected connection)."""
+    if not choices:
+        return [f"{refuse}{cond}"], []
+    if len(choices) == 1:
+        only = choices[0].backend
+        return ([f"{refuse}{cond}"], []) if only is None else ([], [f"use_backend {only}{cond}"])
+    rules = [f"{directive} set-var(txn.pick) rand({sum(c.weight for c in choices)}){cond}"]
+    uses: list[str] = []
+    low = 0
+    for i, choice in enumerate(choices):
+        high = low + choice.weight - 1
+        rules.append(f"acl {tag}_w{i} var(txn.pick) -m int {low}:{high}")
+        if choice.backend is None:
+            rules.append(f"{refuse}{cond} {tag}_w{i}")
+        else:
+            uses.append(f"use_backend {choice.backend}{cond} {tag}_w{i}")
+        low = high + 1
+    return rules, uses
 
 
 def all_routes(listeners: Iterable[L7Listener]) -> set[str]:
