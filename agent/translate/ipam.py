@@ -51,25 +51,10 @@ def _offset(key: Key, size: int) -> int:
     return int.from_bytes(digest, "big") % size
 
 
-class _Taken:
-    def __init__(self, addresses: Iterable[str]) -> None:
-        self._set: set[tuple[int, int]] = set()
-        for address in addresses:
-            value = _as_int(address)
-            if value is not None:
-                self._set.add(value)
-
-    def __contains__(self, value: tuple[int, int]) -> bool:
-        return value in self._set
-
-    def __len__(self) -> int:
-        return len(self._set)
-
-    def add(self, value: tuple[int, int]) -> None:
-        self._set.add(value)
+Taken = set[tuple[int, int]]  # (IP version, address as an integer)
 
 
-def _probe(rng: AddressRange, key: Key, taken: _Taken) -> str | None:
+def _probe(rng: AddressRange, key: Key, taken: Taken) -> str | None:
     # At most len(taken) addresses of the range can be in use, so probing one
     # more than that finds a free one if any exists, even in a /64.
     start = _offset(key, rng.size)
@@ -88,7 +73,7 @@ def _family_order(pools: Sequence[AddressPool], have: Sequence[str]) -> list[int
     return sorted(order, key=lambda v: v in held)
 
 
-def _allocate_one(req: AddressRequest, have: Sequence[str], taken: _Taken) -> str | None:
+def _allocate_one(req: AddressRequest, have: Sequence[str], taken: Taken) -> str | None:
     for version in _family_order(req.pools, have):
         for pool in req.pools:
             for rng in pool.ranges:
@@ -104,7 +89,7 @@ def assign(
 ) -> dict[Key, tuple[str, ...] | None]:
     """Addresses for every request (oldest first), None where the pools cannot
     give all of them.  `claimed` are the addresses Gateways name in their specs."""
-    taken = _Taken(claimed)
+    taken: Taken = {v for v in map(_as_int, claimed) if v is not None}
     held: dict[Key, list[str]] = {req.key: [] for req in requests}
     for req in requests:
         for address in req.recorded:
