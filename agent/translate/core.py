@@ -393,18 +393,13 @@ def _announce_settings(
 
 
 def _announcements(
-    gateways: Mapping[Key, GatewayState], l4: list[L4Frontend], l7: list[L7Listener]
+    users: Mapping[str, list[str]], l4: list[L4Frontend], l7: list[L7Listener]
 ) -> tuple[Announcement, ...]:
+    """`users`: VIP -> the programmed Gateways on it."""
     ready: set[str] = {f.vip for f in l4 if f.accepts_new_flows}
     for listener in l7:
         if _l7_has_endpoints(listener):
             ready.update(listener.vips)
-    users: dict[str, list[str]] = {}
-    for key in sorted(gateways):
-        state = gateways[key]
-        if state.programmed:
-            for vip in state.vips:
-                users.setdefault(vip, []).append(str(key))
     return tuple(
         Announcement(vip, vip in ready, tuple(users[vip]))
         for vip in sorted(users, key=_ip_sort_key)
@@ -433,14 +428,15 @@ def _desired_state(
                 if all(r is not result for r, _ in bucket):
                     bucket.append((result, att.hostnames))
 
-    vips: set[str] = set()
+    users: dict[str, list[str]] = {}  # VIP -> the programmed Gateways using it
     l4: list[L4Frontend] = []
     l7: list[L7Listener] = []
     for key in sorted(gateways):
         state = gateways[key]
         if not state.programmed:
             continue
-        vips.update(state.vips)
+        for vip in state.vips:
+            users.setdefault(vip, []).append(str(key))
         for ls in state.listeners:
             if not ls.programmable:
                 continue
@@ -450,10 +446,10 @@ def _desired_state(
             else:
                 l7.append(_l7_listener(state, ls, routes))
     return DesiredState(
-        vips=tuple(sorted(vips, key=_ip_sort_key)),
+        vips=tuple(sorted(users, key=_ip_sort_key)),
         l4=tuple(sorted(l4, key=lambda f: (_ip_sort_key(f.vip), f.protocol, f.port))),
         l7=tuple(l7),
-        announcements=_announcements(gateways, l4, l7),
+        announcements=_announcements(users, l4, l7),
         announce=announce,
     )
 
