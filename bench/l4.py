@@ -189,8 +189,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--modes", default="direct,nftables,ebpf", help="comma-separated; direct is always first"
+    )
     args = parser.parse_args()
-    modes = ["direct", "nftables", "ebpf"]
+    modes = ["direct", *(m for m in args.modes.split(",") if m and m != "direct")]
     samples: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     with Lab(backends=len(modes)) as lab, tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "haproxy.cfg"

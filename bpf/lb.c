@@ -4,16 +4,23 @@
  *              up (vip, port, proto); a known flow keeps its backend (LRU flow
  *              table); a new flow takes the backend of its Maglev slot
  *              (hash of the 5-tuple).  Rewrites destination address and port
- *              (DNAT) and records the reverse translation.  Refused flows
- *              (reject share, no backend) and hairpin flows are only marked:
- *              nftables in the agent's table rejects / masquerades them.
- *              Every other translated packet, and the backend's replies, are
- *              marked for notrack: the flow table here is the connection
- *              state, netfilter conntrack would only repeat it.
- * glb_egress   tc egress of the same interfaces: reverse NAT of replies (source
- *              back to VIP:port).  On the client-facing egress, after netfilter
- *              has seen both directions with the backend's address, so
- *              conntrack tuples stay symmetric.
+ *              (DNAT) and records the reverse translation.  A backend's reply
+ *              to such a flow is translated back (source to VIP:port) here too.
+ *              Both are then forwarded by the program itself when the kernel's
+ *              FIB resolves the next hop (bpf_fib_lookup + bpf_redirect, the
+ *              "host routing" of Cilium): the packet skips the node's IP stack,
+ *              netfilter and bridge.  Anything the FIB cannot forward (local
+ *              destination, fragmentation needed, TTL expiring, no route) goes
+ *              up the stack as before, marked for notrack: the flow table here
+ *              is the connection state, netfilter conntrack would only repeat it.
+ *              Refused flows (reject share, no backend) and hairpin flows are
+ *              only marked: nftables in the agent's table rejects / masquerades
+ *              them.
+ * glb_egress   tc egress of the same interfaces: reverse NAT of the replies that
+ *              went through netfilter (hairpin flows, after conntrack undid the
+ *              masquerade; replies that arrived on an interface without
+ *              glb_ingress).  Packets glb_ingress already handled carry its mark
+ *              and are passed at once.
  * glb_connect4, glb_sendmsg4, glb_recvmsg4, glb_getpeername4
  *              cgroup sock_addr hooks for local processes: translate at
  *              connect()/sendmsg() time (per socket, Maglev by socket cookie),
@@ -39,6 +46,19 @@
 #define GLB_HTONS(x) (x)
 #endif
 #define GLB_NTOHS(x) GLB_HTONS(x)
+
+#ifndef GLB_HOST_ROUTING
+#define GLB_HOST_ROUTING 1
+#endif
+/* bcc's helpers.h declares bpf_redirect_neigh without its `plen` argument. */
+static long (*glb_redirect_neigh)(__u32 ifindex, void *params, int plen,
+				  __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 BPF_TABLE_PINNED("hash", struct glb_frontend_key, struct glb_frontend, glb_frontends,
 		 GLB_MAX_FRONTENDS, GLB_PIN_DIR "/frontends");
@@ -249,6 +269,71 @@ static __always_inline int glb_addr_eq(__u32 *a, __u32 *b)
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+/* Forward a translated packet to its next hop without the node's IP stack, as
+ * ip_forward would: FIB lookup (policy rules included) from the ingress
+ * interface, TTL / hop limit decrement, new MAC addresses, redirect to the
+ * egress device.  TC_ACT_OK (the stack path) whenever the FIB has no forwarding
+ * answer: local or blackhole destination, forwarding off, MTU exceeded (the
+ * stack then sends the ICMP error), TTL about to expire. */
+static __always_inline int glb_forward(struct __sk_buff *skb, struct glb_pkt *p, __u32 *src,
+				       __u32 *dst)
+{
+#if GLB_HOST_ROUTING
+	struct bpf_fib_lookup fib = {};
+	__u8 ttl;
+	int rc;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off + (p->k.family == GLB_FAMILY_V4
+						     ? offsetof(struct iphdr, ttl)
+						     : offsetof(struct ipv6hdr, hop_limit)),
+			       &ttl, 1))
+		return TC_ACT_OK;
+	if (ttl <= 1)
+		return TC_ACT_OK;
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = p->k.proto;
+	fib.tot_len = p->len;
+	if (p->k.family == GLB_FAMILY_V4) {
+		fib.family = AF_INET;
+		fib.ipv4_src = src[0];
+		fib.ipv4_dst = dst[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, src, 16);
+		__builtin_memcpy(fib.ipv6_dst, dst, 16);
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	if (p->k.family == GLB_FAMILY_V4) {
+		/* The TTL shares a 16-bit checksum word with the protocol. */
+		__u16 old_word = GLB_HTONS(((__u16)ttl << 8) | p->k.proto);
+		__u16 new_word = GLB_HTONS(((__u16)(ttl - 1) << 8) | p->k.proto);
+
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old_word,
+					new_word, sizeof(new_word)))
+			return TC_ACT_SHOT;
+		ttl -= 1;
+		if (bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct iphdr, ttl), &ttl, 1, 0))
+			return TC_ACT_SHOT;
+	} else {
+		ttl -= 1;
+		if (bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct ipv6hdr, hop_limit), &ttl,
+					1, 0))
+			return TC_ACT_SHOT;
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		/* The kernel resolves the neighbour and queues the packet meanwhile. */
+		return glb_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(fib.ifindex, 0);
+#else
+	return TC_ACT_OK;
+#endif
+}
+
 int glb_ingress(struct __sk_buff *skb)
 {
 	struct glb_pkt p = {};
@@ -269,9 +354,16 @@ int glb_ingress(struct __sk_buff *skb)
 	if (!fe) {
 		/* A backend's reply to a flow translated here (masqueraded flows'
 		 * replies are addressed to the node and do not match). */
-		if (glb_rev.lookup(&p.k))
-			skb->mark |= GLB_MARK_NOTRACK;
-		return TC_ACT_OK;
+		struct glb_rev *rvp = glb_rev.lookup(&p.k);
+		struct glb_rev rv;
+
+		if (!rvp)
+			return TC_ACT_OK;
+		rv = *rvp;
+		skb->mark |= GLB_MARK_NOTRACK;
+		if (glb_nat(skb, &p, 0, p.k.src, rv.addr, p.k.sport, rv.port))
+			return TC_ACT_SHOT;
+		return glb_forward(skb, &p, rv.addr, p.k.dst);
 	}
 	fe_id = fe->id;
 
@@ -344,13 +436,16 @@ int glb_ingress(struct __sk_buff *skb)
 	glb_count_fe(fe_id, p.len, new_flow);
 	glb_count_be(flow.backend_id, p.len, new_flow);
 	/* Masqueraded flows need conntrack for the SNAT; all others skip it. */
-	if (flow.flags & GLB_FLOW_MASQ)
+	if (flow.flags & GLB_FLOW_MASQ) {
 		skb->mark |= GLB_MARK_MASQ;
-	else
-		skb->mark |= GLB_MARK_NOTRACK;
+		if (glb_nat(skb, &p, 1, p.k.dst, flow.addr, p.k.dport, flow.port))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	}
+	skb->mark |= GLB_MARK_NOTRACK;
 	if (glb_nat(skb, &p, 1, p.k.dst, flow.addr, p.k.dport, flow.port))
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return glb_forward(skb, &p, p.k.src, flow.addr);
 
 reject:
 	glb_count_fe(fe_id, p.len, 0);
@@ -366,6 +461,9 @@ int glb_egress(struct __sk_buff *skb)
 	struct glb_rev *rvp;
 	struct glb_rev rv;
 
+	/* Translated (or refused) at ingress already: nothing left to do. */
+	if (skb->mark & (GLB_MARK_NOTRACK | GLB_MARK_MASQ | GLB_MARK_REJECT))
+		return TC_ACT_OK;
 	if (glb_parse(skb, &p))
 		return TC_ACT_OK;
 	rvp = glb_rev.lookup(&p.k);
