@@ -64,6 +64,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -369,6 +370,7 @@ class BpfMap:
         self.key_t = key_t
         self.value_t = value_t
         self.percpu = percpu  # number of possible CPUs for per-CPU maps, else 0
+        self._mapped: tuple[mmap.mmap, memoryview, memoryview] | None = None
         _mtype, ksize, vsize, self.max_entries = _Bpf.map_info(fd)
         if ksize != ctypes.sizeof(key_t) or vsize != ctypes.sizeof(value_t):
             raise EbpfError(
@@ -423,6 +425,20 @@ class BpfMap:
             va = (self.value_t * n)(*values)
             _Bpf.update_batch(self.fd, ka, va, n)
 
+    def mmap_u32(self) -> memoryview | None:
+        """The memory of an mmap-able array map of u32s as u32s, writable in
+        place: element i is item 2*i (the kernel stores array elements 8-byte
+        aligned).  None when the map was created without BPF_F_MMAPABLE (an
+        older pin): then the syscalls are the way."""
+        if self._mapped is None:
+            try:
+                mm = mmap.mmap(self.fd, self.max_entries * 8, mmap.MAP_SHARED)
+            except (OSError, ValueError):
+                return None
+            raw = memoryview(mm)
+            self._mapped = (mm, raw, raw.cast("I"))
+        return self._mapped[2]
+
     def put_batch_u32(self, keys: array[int], values: array[int]) -> None:
         n = len(keys)
         if n:
@@ -440,6 +456,12 @@ class BpfMap:
             self.delete(key)
 
     def close(self) -> None:
+        if self._mapped is not None:
+            mm, raw, view = self._mapped
+            view.release()
+            raw.release()
+            mm.close()  # the mapping holds a reference to the map too
+            self._mapped = None
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
@@ -595,12 +617,18 @@ class _Fe:
         )
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _canonical_ip(text: str) -> str:
+    """The address in canonical text form; ValueError for a non-address."""
+    return str(ipaddress.ip_address(text))
+
+
 def _spec_of(
     backends: Iterable[Backend], reject_weight: int
 ) -> tuple[tuple[tuple[str, int, int], ...], int]:
     merged: dict[tuple[str, int], int] = {}
     for b in backends:
-        ip = str(ipaddress.ip_address(b.ip))
+        ip = _canonical_ip(b.ip)
         merged[(ip, b.port)] = merged.get((ip, b.port), 0) + max(b.weight, 0)
     return tuple(sorted((ip, port, w) for (ip, port), w in merged.items())), max(reject_weight, 0)
 
@@ -623,7 +651,7 @@ def _unpack_addr(family: int, raw: Any) -> str:
 def norm_key(key: Key) -> Key:
     """(vip, protocol, port) with the VIP in canonical text form (IPv6!)."""
     try:
-        return (str(ipaddress.ip_address(key[0])), key[1], key[2])
+        return (_canonical_ip(key[0]), key[1], key[2])
     except ValueError:
         return key
 
@@ -653,7 +681,7 @@ class _Plan:
 
     fe: _Fe
     new_frontend: bool
-    table: list[int]
+    table: array[int]
     new_backend_ids: list[int]
     backend_values: list[tuple[int, BackendC]]
     removed_backend_ids: list[int]
@@ -713,6 +741,7 @@ class EbpfDataplane:
         ]
         self._loader = _Loader(cflags)
         self.maps = self._open_maps()
+        self._maglev_mem = self.maps["maglev"].mmap_u32()
         self._tc_fds = {
             "glb_ingress": self._loader.load_tc("glb_ingress"),
             "glb_egress": self._loader.load_tc("glb_egress"),
@@ -1018,12 +1047,12 @@ class EbpfDataplane:
                 entries.append((REJECT_IDENTITY, reject_weight))
                 ids.append(REJECT_ID)
             positive = sum(1 for _, w in entries if w > 0)
-            table: list[int] = []
+            table: array[int] = array("I")
             if not any(w > 0 for _, _, w in backends):
                 fe.flags |= FE_REJECT_ALL
             else:
                 size = maglev.table_size_for(positive, self.maglev_size)
-                table = [ids[i] for i in maglev.build(entries, size)]
+                table = maglev.build_into(entries, size, ids)
                 fe.table_size = size
                 fe.table_off = self._pool.alloc(size)
         except BaseException:
@@ -1103,7 +1132,13 @@ class EbpfDataplane:
         slot_keys = array("I")
         slot_vals = array("I")
         for p in plans:
-            if p.fe.table_size:
+            if not p.fe.table_size:
+                continue
+            if self._maglev_mem is not None:
+                # Free extents only: no reader looks at these slots yet.
+                off, end = 2 * p.fe.table_off, 2 * (p.fe.table_off + p.fe.table_size)
+                self._maglev_mem[off:end:2] = p.table
+            else:
                 slot_keys.extend(range(p.fe.table_off, p.fe.table_off + p.fe.table_size))
                 slot_vals.extend(p.table)
         self.maps["maglev"].put_batch_u32(slot_keys, slot_vals)

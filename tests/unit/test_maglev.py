@@ -132,3 +132,58 @@ def _timed(entries: list[tuple[str, int]]) -> float:
     start = time.perf_counter()
     maglev.build(entries, maglev.DEFAULT_SIZE)
     return time.perf_counter() - start
+
+
+CASES = [
+    (backends(1), 251),
+    (backends(4), 1021),
+    (backends(100), maglev.DEFAULT_SIZE),
+    ([("a:1", 3), ("b:1", 1), ("c:1", 0), ("d:1", 7)], 1021),
+    ([("10.0.0.1:80", 100), ("10.0.0.2:80", 1)], 4093),
+    ([("same:1", 1), ("same:1", 2)], 251),
+]
+
+
+@pytest.mark.parametrize(("entries", "size"), CASES)
+def test_native_fill_gives_the_python_table(entries: list[tuple[str, int]], size: int) -> None:
+    assert maglev._native_fill() is not None, "the C fill did not build (is cc installed?)"
+    values = [1000 + 7 * i for i in range(len(entries))]
+    native = maglev.build_into(entries, size, values)
+    assert list(native) == [values[i] for i in maglev.build(entries, size)]
+
+
+def test_build_into_without_positive_weight_is_empty() -> None:
+    assert len(maglev.build_into([("a:1", 0)], 251, [5])) == 0
+    with pytest.raises(ValueError):
+        maglev.build_into(backends(2), 1000, [1, 2])
+
+
+def test_native_fill_refuses_a_cache_folder_others_can_write(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    script = (
+        "from agent.dataplane import maglev; "
+        "print(maglev._native_fill() is None, len(maglev.build_into([('a:1', 1)], 251, [9])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "GATEWAYLB_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert out.stdout.split() == ["True", "251"]  # Python fallback, same result
+    assert not list(cache.iterdir())
+
+
+def test_native_fill_of_10k_tables_is_fast() -> None:
+    entries = backends(4)
+    maglev.build_into(entries, 1021, [1, 2, 3, 4])  # compile outside the timing
+    start = time.perf_counter()
+    for i in range(10_000):
+        maglev.build_into([(f"{i}:{j}", 1) for j in range(4)], 1021, [1, 2, 3, 4])
+    took = time.perf_counter() - start
+    print(f"10k Maglev tables of 1021 slots (4 backends): {took * 1000:.0f} ms")
+    assert took < 5.0
