@@ -10,6 +10,10 @@ the others to a VIP that the dataplane translates):
   counted on the backend's interface.
 Prints a ratio table against the direct path (the physical limit here).
 
+Mode `dnat-floor` (in `--modes`, not run by default) is no product: one
+hand-written nftables DNAT rule per protocol, so the cost of netfilter conntrack
+plus NAT alone, the floor under any nftables rule layout.
+
 Each mode talks to a backend namespace of its own: ab reuses client ports
 quickly, and a backend's TIME_WAIT sockets from an earlier run with other TCP
 timestamp offsets (the client's offset depends on the destination, VIP or
@@ -33,8 +37,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from agent.dataplane.base import Dataplane
 from agent.dataplane.select import default_interfaces
 from agent.lab import Lab, vip4
 from agent.lab.netns import exec_argv
@@ -152,10 +156,41 @@ def udp_flood_pps(lab: Lab, backend: str, addr: str, seconds: float) -> float:
     return (rx_packets(lab, backend) - before) / elapsed
 
 
+class _FloorRules:
+    """`dnat-floor`: the least nftables can do for this VIP (reconcile only)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+
+    def reconcile(self, desired: DesiredState) -> None:
+        rules = [
+            f"ip daddr {f.vip} {f.protocol} dport {f.port} "
+            f"dnat ip to {f.backends[0].ip}:{f.backends[0].port}"
+            for f in desired.l4
+        ]
+        text = (
+            "table ip glb_floor {\n chain pre {\n"
+            " type nat hook prerouting priority -100\n " + "\n ".join(rules) + "\n }\n}\n"
+        )
+        subprocess.run(exec_argv(self.ns, ["nft", "-f", "-"]), input=text, text=True, check=True)
+
+    def cleanup(self) -> None:
+        subprocess.run(
+            exec_argv(self.ns, ["nft", "delete", "table", "ip", "glb_floor"]), check=False
+        )
+
+
 @contextlib.contextmanager
-def dataplane(lab: Lab, mode: str, tmp: Path) -> Iterator[Dataplane | None]:
+def dataplane(lab: Lab, mode: str, tmp: Path) -> Iterator[Any]:
     if mode == "direct":
         yield None
+        return
+    if mode == "dnat-floor":
+        floor = _FloorRules(lab.node.ns)
+        try:
+            yield floor
+        finally:
+            floor.cleanup()
         return
     if mode == "nftables":
         from agent.dataplane.nftables import NftablesDataplane
@@ -211,7 +246,9 @@ def main() -> None:
             with dataplane(lab, mode, Path(tmp)) as plane:
                 addr, port = (backend.ip4, HTTP_PORT) if plane is None else (VIP, 80)
                 udp_addr = backend.ip4 if plane is None else VIP
-                if plane is not None:
+                if isinstance(plane, _FloorRules):
+                    plane.reconcile(desired(backend.ip4))
+                elif plane is not None:
                     result = lab.call(lab.node, plane.reconcile, desired(backend.ip4))
                     assert not result.errors, result.errors
                 got = {
