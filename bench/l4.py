@@ -10,9 +10,9 @@ the others to a VIP that the dataplane translates):
   counted on the backend's interface.
 Prints a ratio table against the direct path (the physical limit here).
 
-Mode `dnat-floor` (in `--modes`, not run by default) is no product: one
-hand-written nftables DNAT rule per protocol, so the cost of netfilter conntrack
-plus NAT alone, the floor under any nftables rule layout.
+Mode `dnat-floor` is no product: one hand-written nftables DNAT rule per
+protocol, so the cost of netfilter conntrack plus NAT alone, the floor under any
+nftables rule layout.
 
 Each mode talks to a backend namespace of its own: ab reuses client ports
 quickly, and a backend's TIME_WAIT sockets from an earlier run with other TCP
@@ -225,7 +225,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--modes", default="direct,nftables,ebpf", help="comma-separated; direct is always first"
+        "--modes",
+        default="direct,dnat-floor,nftables,ebpf",
+        help="comma-separated; direct is always first",
     )
     args = parser.parse_args()
     modes = ["direct", *(m for m in args.modes.split(",") if m and m != "direct")]
