@@ -46,6 +46,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,6 +208,9 @@ class ControlPlane:
         self.etcd_port = 0
         self.etcd_peer_port = 0
         self.port = 0
+        self._local = threading.local()  # per-thread keep-alive connections
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._discovery: dict[str, list[dict[str, Any]]] = {}
         self.etcd: subprocess.Popen[bytes] | None = None
         self.apiserver: subprocess.Popen[bytes] | None = None
         self.timings: dict[str, float] = {}
@@ -444,6 +448,32 @@ class ControlPlane:
             ctx.load_cert_chain(str(self.admin_cert), str(self.admin_key))
         return ctx
 
+    def _connection(self, token: str | None, timeout: float) -> http.client.HTTPSConnection:
+        """This thread's keep-alive connection for (port, credentials): a TLS
+        handshake per request cost more than the request itself."""
+        pool: dict[tuple[int, str | None], http.client.HTTPSConnection]
+        pool = self._local.__dict__.setdefault("connections", {})
+        key = (self.port, token)
+        conn = pool.get(key)
+        if conn is None:
+            client_cert = token is None
+            ctx = self._contexts.get(client_cert)
+            if ctx is None:
+                ctx = self._contexts[client_cert] = self.ssl_context(client_cert)
+            conn = pool[key] = http.client.HTTPSConnection(
+                LOOPBACK, self.port, context=ctx, timeout=timeout
+            )
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop_connection(self, token: str | None) -> None:
+        pool = self._local.__dict__.get("connections", {})
+        conn = pool.pop((self.port, token), None)
+        if conn is not None:
+            conn.close()
+
     def request(
         self,
         method: str,
@@ -457,8 +487,6 @@ class ControlPlane:
     ) -> tuple[int, Any]:
         """One HTTPS request; as admin (client cert) unless ``token`` is given.
         Returns (status, decoded JSON body or raw text)."""
-        ctx = self.ssl_context(client_cert=token is None)
-        conn = http.client.HTTPSConnection(LOOPBACK, self.port, context=ctx, timeout=timeout)
         headers = {"Accept": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -468,12 +496,30 @@ class ControlPlane:
             headers["Content-Type"] = content_type
         if query:
             path = f"{path}?{urlencode(query)}"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
+        for attempt in range(2):
+            conn = self._connection(token, timeout)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError) as exc:
+                # A kept-alive connection the server closed (idle, or the
+                # server restarted): once more on a new one.
+                self._drop_connection(token)
+                if attempt or not isinstance(
+                    exc,
+                    (
+                        http.client.RemoteDisconnected,
+                        http.client.CannotSendRequest,
+                        BrokenPipeError,
+                        ConnectionResetError,
+                    ),
+                ):
+                    raise
+            except BaseException:
+                self._drop_connection(token)
+                raise
         try:
             return resp.status, json.loads(raw) if raw else None
         except ValueError:
@@ -503,9 +549,13 @@ class ControlPlane:
         """REST path of an object, found through discovery (group/version/kind)."""
         api_version, kind = obj["apiVersion"], obj["kind"]
         prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-        status, body = self.request("GET", prefix)
-        self._ok(status, body, f"discovery {prefix}")
-        for res in body["resources"]:
+        resources = self._discovery.get(prefix)
+        if resources is None or not any(r["kind"] == kind for r in resources):
+            # Not cached, or a kind served since (a CRD installed meanwhile).
+            status, body = self.request("GET", prefix)
+            self._ok(status, body, f"discovery {prefix}")
+            resources = self._discovery[prefix] = body["resources"]
+        for res in resources:
             if res["kind"] == kind and "/" not in res["name"]:
                 ns = obj["metadata"].get("namespace")
                 if res["namespaced"]:
