@@ -85,6 +85,7 @@ class Agent:
         self._synced_snapshot: Snapshot | None = None
         self._proxy_problems: tuple[Problem, ...] = ()
         self._status_pending: tuple[Snapshot, Translation] | None = None
+        self._inline_status_cost = 0.0  # seconds the first sync spent writing status
         self._status_ready = asyncio.Event()
         self._last_sync_cost = 0.0
         self._last_sync_end = 0.0
@@ -215,8 +216,12 @@ class Agent:
                 if self._stop.is_set():
                     return
             t0 = time.monotonic()
+            self._inline_status_cost = 0.0
             ok = await self.sync_once()
-            self._last_sync_cost, self._last_sync_end = time.monotonic() - t0, time.monotonic()
+            # The pace follows what a sync costs this agent, not how long the
+            # API server took to answer the first status writes.
+            self._last_sync_end = time.monotonic()
+            self._last_sync_cost = self._last_sync_end - t0 - self._inline_status_cost
             # Changes that arrived while this sync ran: a storm, pace the next one.
             self._storm = self._dirty.is_set()
             backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
@@ -270,7 +275,9 @@ class Agent:
         # next change.  The first sync writes inline: once /readyz says ready,
         # the status of what is programmed is there too.
         if not self.ready:
+            s0 = time.monotonic()
             await self._write_status(snapshot, result)
+            self._inline_status_cost = time.monotonic() - s0
         else:
             self._status_pending = (snapshot, result)
             self._status_ready.set()

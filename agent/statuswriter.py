@@ -204,6 +204,7 @@ class KubeStatusWriter:
             if key[0] in ROUTE_KINDS and key not in ours and self._has_our_parents(ref):
                 wanted[key] = {"parents": []}
         now = rfc3339(self._clock())
+        started = time.monotonic()
         jobs = [
             (key, refs[key], new)
             for key, new in sorted(wanted.items())
@@ -219,6 +220,12 @@ class KubeStatusWriter:
             ):
                 if rv is not None and key in computed:
                     self._confirmed[key] = (computed[key], rv)
+        if jobs:
+            log.info(
+                "event=status_written objects=%d took_ms=%.0f",
+                len(jobs),
+                1000 * (time.monotonic() - started),
+            )
         if len(self._confirmed) > 2 * len(ours) + 1024:
             self._confirmed = {k: v for k, v in self._confirmed.items() if k in ours}
 
