@@ -5,6 +5,9 @@ A lab (client -- node -- one backend).  The backend is HAProxy itself answering
 gatewaylb proxy worker (HAProxy, one HTTPRoute with a path match and a request
 header filter) on a VIP added to its `lo`.  `wrk` in the client namespace
 measures requests/s and p99 latency for both paths; a ratio table is printed.
+A third row is no product: a bare HAProxy on the node with one frontend and one
+`server` line (no ACL, no filter), so the cost of any proxy hop alone, the
+floor under every configuration the agent can render.
 
     .venv/bin/python bench/l7_http.py [--duration S] [--connections N] [--threads T]
 
@@ -38,6 +41,7 @@ from agent.state import (
 )
 
 VIP = vip4(50)
+FLOOR_VIP = vip4(51)
 BACKEND_PORT = 8080
 TARGET_RATIO = 0.70
 
@@ -51,6 +55,21 @@ defaults
 frontend static
     bind :::{port} v4v6
     http-request return status 200 content-type text/plain string "hello from the backend"
+"""
+
+
+FLOOR_CFG = """global
+    nbthread {threads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend floor
+    bind {vip}:80
+    default_backend one
+backend one
+    server s1 {server}
 """
 
 
@@ -108,8 +127,15 @@ def main() -> int:
         )
         addresses = VIPAddresses(netns=lab.node.ns)
         worker = ProxyWorker(Path(tmp) / "run", netns=lab.node.ns, threads=args.proxy_threads)
+        floor_cfg = Path(tmp) / "floor.cfg"
+        floor_cfg.write_text(
+            FLOOR_CFG.format(
+                threads=args.proxy_threads or 1, vip=FLOOR_VIP, server=f"{be.ip4}:{BACKEND_PORT}"
+            )
+        )
         try:
-            addresses.reconcile([VIP])
+            addresses.reconcile([VIP, FLOOR_VIP])
+            floor_proc = lab.popen(lab.node, ["haproxy", "-db", "-f", str(floor_cfg)])
             result = worker.apply([listener])
             if not result.ok:
                 raise RuntimeError(f"proxy apply failed: {result}")
@@ -118,6 +144,8 @@ def main() -> int:
             wrk(lab, f"http://{VIP}/", host, argparse.Namespace(**{**vars(args), "duration": 1}))
             direct = wrk(lab, f"http://{be.ip4}:{BACKEND_PORT}/", host, args)
             via = wrk(lab, f"http://{VIP}/", host, args)
+            floor = wrk(lab, f"http://{FLOOR_VIP}/", host, args)
+            floor_proc.terminate()
         finally:
             worker.stop(remove_files=True)
             addresses.cleanup()
@@ -129,6 +157,10 @@ def main() -> int:
     print(f"{'path':<26}{'requests/s':>12}{'p99 ms':>10}{'ratio':>8}")
     print(f"{'direct to backend':<26}{direct[0]:>12.0f}{direct[1]:>10.2f}{1.0:>8.2f}")
     print(f"{'through VIP (HAProxy)':<26}{via[0]:>12.0f}{via[1]:>10.2f}{ratio:>8.2f}")
+    print(
+        f"{'bare HAProxy hop (floor)':<26}{floor[0]:>12.0f}{floor[1]:>10.2f}"
+        f"{floor[0] / direct[0]:>8.2f}"
+    )
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
     print(f"throughput ratio {ratio:.2f} {verdict} the {TARGET_RATIO:.0%} target")
     return 0
