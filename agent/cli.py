@@ -174,8 +174,8 @@ def _dataplane_options(
     "--proxy-threads",
     type=click.IntRange(1, 64),
     default=None,
-    help="Threads of the L7 proxy worker (HAProxy's nbthread; default: one per CPU). "
-    "On small nodes where clients and backends share the CPUs, 1 serves more.",
+    help="Threads of the L7 proxy worker (HAProxy's nbthread; default: half the CPUs the "
+    "agent may use, at least 1: the worker shares the node with the pods it serves).",
 )
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
