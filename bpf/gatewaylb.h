@@ -112,6 +112,16 @@ struct glb_sock_key {
 	__u16 pad;
 };
 
+/* IPv6 sockets (an IPv4 VIP reached as ::ffff:a.b.c.d included): the backend
+ * address as the socket sees it. */
+struct glb_sock_key6 {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
 struct glb_counter {
 	__u64 packets;
 	__u64 bytes;  /* IP packet length */

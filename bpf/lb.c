@@ -21,13 +21,15 @@
  *              masquerade; replies that arrived on an interface without
  *              glb_ingress).  Packets glb_ingress already handled carry its mark
  *              and are passed at once.
- * glb_connect4, glb_sendmsg4, glb_recvmsg4, glb_getpeername4
- *              cgroup sock_addr hooks for local processes: translate at
+ * glb_connect4, glb_sendmsg4, glb_recvmsg4, glb_getpeername4 and their
+ * ...6 twins  cgroup sock_addr hooks for local processes: translate at
  *              connect()/sendmsg() time (per socket, Maglev by socket cookie),
- *              restore the VIP as the peer for recvmsg()/getpeername().
+ *              restore the VIP as the peer for recvmsg()/getpeername().  An
+ *              IPv6 socket reaching an IPv4 VIP (::ffff:a.b.c.d) is translated
+ *              as IPv4.
  *
  * Every map is pinned under GLB_PIN_DIR so a new loader adopts it.
- * IPv4 and IPv6 share the maps (16-byte addresses); the cgroup hooks are IPv4 only.
+ * IPv4 and IPv6 share the maps (16-byte addresses), but for the socket reverse map.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -46,6 +48,11 @@
 #define GLB_HTONS(x) (x)
 #endif
 #define GLB_NTOHS(x) GLB_HTONS(x)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define GLB_HTONL(x) __builtin_bswap32(x)
+#else
+#define GLB_HTONL(x) (x)
+#endif
 
 #ifndef GLB_HOST_ROUTING
 #define GLB_HOST_ROUTING 1
@@ -74,6 +81,8 @@ BPF_TABLE_PINNED("lru_hash", struct glb_flow_key, struct glb_rev, glb_rev, GLB_M
 		 GLB_PIN_DIR "/rev");
 BPF_TABLE_PINNED("lru_hash", struct glb_sock_key, struct glb_rev, glb_sock_rev, GLB_MAX_FLOWS,
 		 GLB_PIN_DIR "/sock_rev");
+BPF_TABLE_PINNED("lru_hash", struct glb_sock_key6, struct glb_rev, glb_sock_rev6, GLB_MAX_FLOWS,
+		 GLB_PIN_DIR "/sock_rev6");
 BPF_TABLE_PINNED("percpu_array", __u32, struct glb_counter, glb_fe_stats, GLB_MAX_FRONTENDS,
 		 GLB_PIN_DIR "/fe_stats");
 BPF_TABLE_PINNED("percpu_array", __u32, struct glb_counter, glb_be_stats, GLB_MAX_BACKENDS,
@@ -564,4 +573,135 @@ int glb_recvmsg4(struct bpf_sock_addr *ctx)
 int glb_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return glb_sock_restore(ctx);
+}
+
+/* ---- local processes: IPv6 sockets ---- */
+
+static __always_inline int glb_v4_mapped(__u32 *a)
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == GLB_HTONL(0x0000ffff);
+}
+
+static __always_inline int glb_sock_translate6(struct bpf_sock_addr *ctx, __u32 new_flow)
+{
+	struct glb_frontend_key fk = {};
+	struct glb_frontend *fe;
+	struct glb_backend *be;
+	struct glb_sock_key6 sk = {};
+	struct glb_rev rv = {};
+	__u32 ip[4];
+	__u32 slot, bid, fe_id, mapped;
+	__u32 *slotp;
+	__u64 cookie;
+	__u8 proto = ctx->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	ip[0] = ctx->user_ip6[0];
+	ip[1] = ctx->user_ip6[1];
+	ip[2] = ctx->user_ip6[2];
+	ip[3] = ctx->user_ip6[3];
+	mapped = glb_v4_mapped(ip);
+	if (mapped) {
+		fk.addr[0] = ip[3];
+		fk.family = GLB_FAMILY_V4;
+	} else {
+		__builtin_memcpy(fk.addr, ip, 16);
+		fk.family = GLB_FAMILY_V6;
+	}
+	fk.port = (__u16)ctx->user_port;
+	fk.proto = proto;
+	fe = glb_frontends.lookup(&fk);
+	if (!fe)
+		return 1;
+	fe_id = fe->id;
+	/* Refused: connect()/sendmsg() fail with EPERM. */
+	if ((fe->flags & GLB_FE_REJECT_ALL) || fe->table_size == 0)
+		return 0;
+	cookie = bpf_get_socket_cookie(ctx);
+	slot = fe->table_off + glb_final((__u32)cookie ^ glb_mix(0x9747b28c, cookie >> 32)) %
+				       fe->table_size;
+	slotp = glb_maglev.lookup(&slot);
+	if (!slotp)
+		return 0;
+	bid = *slotp;
+	if (bid == GLB_BACKEND_REJECT)
+		return 0;
+	be = glb_backends.lookup(&bid);
+	if (!be)
+		return 0;
+	sk.cookie = cookie;
+	__builtin_memcpy(sk.addr, ip, 16);
+	if (mapped)
+		sk.addr[3] = be->addr[0];
+	else
+		__builtin_memcpy(sk.addr, be->addr, 16);
+	sk.port = be->port;
+	__builtin_memcpy(rv.addr, ip, 16); /* the VIP as this socket wrote it */
+	rv.port = fk.port;
+	glb_sock_rev6.update(&sk, &rv);
+	ctx->user_ip6[0] = sk.addr[0];
+	ctx->user_ip6[1] = sk.addr[1];
+	ctx->user_ip6[2] = sk.addr[2];
+	ctx->user_ip6[3] = sk.addr[3];
+	ctx->user_port = be->port;
+	glb_count_fe(fe_id, 0, new_flow);
+	glb_count_be(bid, 0, new_flow);
+	return 1;
+}
+
+int glb_connect6(struct bpf_sock_addr *ctx)
+{
+	return glb_sock_translate6(ctx, 1);
+}
+
+int glb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return glb_sock_translate6(ctx, 0);
+}
+
+static __always_inline int glb_sock_restore6(struct bpf_sock_addr *ctx)
+{
+	struct glb_sock_key6 sk = {};
+	struct glb_rev *rv;
+
+	sk.cookie = bpf_get_socket_cookie(ctx);
+	sk.addr[0] = ctx->user_ip6[0];
+	sk.addr[1] = ctx->user_ip6[1];
+	sk.addr[2] = ctx->user_ip6[2];
+	sk.addr[3] = ctx->user_ip6[3];
+	sk.port = (__u16)ctx->user_port;
+	rv = glb_sock_rev6.lookup(&sk);
+	if (rv) {
+		ctx->user_ip6[0] = rv->addr[0];
+		ctx->user_ip6[1] = rv->addr[1];
+		ctx->user_ip6[2] = rv->addr[2];
+		ctx->user_ip6[3] = rv->addr[3];
+		ctx->user_port = rv->port;
+	} else if (glb_v4_mapped(sk.addr)) {
+		/* sendto() of a v4-mapped address runs the IPv4 sendmsg hook (the
+		 * kernel hands it to udp_sendmsg), so its translation is in the
+		 * IPv4 map; the reply still comes through this IPv6 hook. */
+		struct glb_sock_key k4 = {};
+
+		k4.cookie = sk.cookie;
+		k4.addr = sk.addr[3];
+		k4.port = sk.port;
+		rv = glb_sock_rev.lookup(&k4);
+		if (rv) {
+			ctx->user_ip6[3] = rv->addr[0];
+			ctx->user_port = rv->port;
+		}
+	}
+	return 1;
+}
+
+int glb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return glb_sock_restore6(ctx);
+}
+
+int glb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return glb_sock_restore6(ctx);
 }

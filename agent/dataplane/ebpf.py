@@ -43,9 +43,10 @@ conntrack) and masquerades the second (postrouting).  All other translated
 packets, and backends' replies to them, are marked for `notrack` in that same
 raw-priority chain: the LRU flow table is their connection state, and
 skipping conntrack is most of the per-packet cost left.  Local processes: the
-cgroup v2 sock_addr hooks connect4 / sendmsg4 translate at connect()/sendto()
-time (Maglev by socket cookie; a refused flow fails with EPERM), recvmsg4 and
-getpeername4 show the VIP again; IPv4 only so far.
+cgroup v2 sock_addr hooks connect4/6 / sendmsg4/6 translate at connect()/sendto()
+time (Maglev by socket cookie; a refused flow fails with EPERM), recvmsg4/6 and
+getpeername4/6 show the VIP again; an IPv6 socket reaching an IPv4 VIP as
+::ffff:a.b.c.d is translated as IPv4.
 
 Not handled (pass through untranslated): IP fragments, IPv6 extension headers,
 ICMP errors about a translated flow (the inner header is not rewritten).
@@ -125,6 +126,10 @@ CGROUP_HOOKS: Final = (
     ("glb_sendmsg4", 14),  # BPF_CGROUP_UDP4_SENDMSG
     ("glb_recvmsg4", 19),  # BPF_CGROUP_UDP4_RECVMSG
     ("glb_getpeername4", 29),  # BPF_CGROUP_INET4_GETPEERNAME
+    ("glb_connect6", 11),  # BPF_CGROUP_INET6_CONNECT
+    ("glb_sendmsg6", 15),  # BPF_CGROUP_UDP6_SENDMSG
+    ("glb_recvmsg6", 20),  # BPF_CGROUP_UDP6_RECVMSG
+    ("glb_getpeername6", 30),  # BPF_CGROUP_INET6_GETPEERNAME
 )
 
 
@@ -202,6 +207,16 @@ class SockKeyC(ctypes.Structure):
     ]
 
 
+class SockKey6C(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("addr", ctypes.c_uint32 * 4),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
 class CounterC(ctypes.Structure):
     _fields_ = [
         ("packets", ctypes.c_uint64),
@@ -218,6 +233,7 @@ MAPS: Final[dict[str, tuple[str, type[ctypes.Structure] | type[ctypes.c_uint32],
     "glb_flows": ("flows", FlowKeyC, FlowC),
     "glb_rev": ("rev", FlowKeyC, RevC),
     "glb_sock_rev": ("sock_rev", SockKeyC, RevC),
+    "glb_sock_rev6": ("sock_rev6", SockKey6C, RevC),
     "glb_fe_stats": ("fe_stats", ctypes.c_uint32, CounterC),
     "glb_be_stats": ("be_stats", ctypes.c_uint32, CounterC),
 }
@@ -1232,7 +1248,7 @@ class EbpfDataplane:
 
     def flush_flows(self) -> None:
         """Forget every tracked flow (tests: prove Maglev alone is sticky)."""
-        for name in ("flows", "rev", "sock_rev"):
+        for name in ("flows", "rev", "sock_rev", "sock_rev6"):
             self.maps[name].clear()
 
     def maglev_table(self, key: Key) -> list[tuple[str, int] | None]:

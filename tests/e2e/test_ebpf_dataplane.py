@@ -485,27 +485,27 @@ LOCAL_CLIENT = r"""
 import json, socket, sys
 sys.stdin.readline()  # wait until moved into the cgroup
 vip, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in vip else socket.AF_INET
 out = {"tcp": [], "udp": []}
 for _ in range(12):
-    with socket.create_connection((vip, port), timeout=2) as s:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        s.connect((vip, port))
         s.sendall(b"hi\n")
-        out["tcp"].append([s.recv(200).decode().split()[0], list(s.getpeername())])
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        out["tcp"].append([s.recv(200).decode().split()[0], list(s.getpeername())[:2]])
+with socket.socket(family, socket.SOCK_DGRAM) as u:
     u.settimeout(2)
     for _ in range(3):
         u.sendto(b"hi", (vip, port))
         data, peer = u.recvfrom(200)
-        out["udp"].append([data.decode().split()[0], list(peer)])
+        out["udp"].append([data.decode().split()[0], list(peer)[:2]])
 print(json.dumps(out), flush=True)
 """
 
 
-def test_local_processes_reach_a_vip_through_cgroup_hooks(env: Env) -> None:
-    env.program(
-        frontend(vip4(18), 80, {1: 1, 2: 1, 3: 1}),
-        frontend(vip4(18), 80, {2: 1}, proto="udp"),
-    )
-    argv = exec_argv(env.lab.node.ns, [sys.executable, "-c", LOCAL_CLIENT, vip4(18), "80"])
+def run_local_client(env: Env, vip: str, port: int) -> dict[str, Any]:
+    """LOCAL_CLIENT in the node namespace, moved into the hooked cgroup first."""
+    argv = exec_argv(env.lab.node.ns, [sys.executable, "-c", LOCAL_CLIENT, vip, str(port)])
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin is not None
     try:
@@ -515,14 +515,36 @@ def test_local_processes_reach_a_vip_through_cgroup_hooks(env: Env) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    result = json.loads(out)
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("vip", "seen_as"),
+    [
+        (vip4(18), vip4(18)),
+        (vip6(18), vip6(18)),
+        # an IPv6 socket reaching an IPv4 VIP: translated as IPv4
+        ("::ffff:" + vip4(18), "::ffff:" + vip4(18)),
+    ],
+    ids=["ipv4", "ipv6", "v4-mapped"],
+)
+def test_local_processes_reach_a_vip_through_cgroup_hooks(env: Env, vip: str, seen_as: str) -> None:
+    env.program(
+        frontend(vip4(18), 80, {1: 1, 2: 1, 3: 1}),
+        frontend(vip4(18), 80, {2: 1}, proto="udp"),
+        frontend(vip6(18), 80, {1: 1, 2: 1, 3: 1}),
+        frontend(vip6(18), 80, {2: 1}, proto="udp"),
+    )
+    result = run_local_client(env, vip, 80)
     assert {name for name, _ in result["tcp"]} <= {"be1", "be2", "be3"}
     assert len({name for name, _ in result["tcp"]}) >= 2
-    # the socket's peer is the VIP, not the backend (getpeername4 hook)
-    assert all(peer == [vip4(18), 80] for _, peer in result["tcp"])
-    assert result["udp"] == [["be2", [vip4(18), 80]]] * 3  # recvmsg4 restores the VIP
+    # the socket's peer is the VIP, not the backend (getpeername hook)
+    assert all(peer == [seen_as, 80] for _, peer in result["tcp"])
+    assert result["udp"] == [["be2", [seen_as, 80]]] * 3  # recvmsg restores the VIP
     # a process outside the cgroup is not translated (no route to a backend via the VIP)
-    assert env.node(tcp_ask, vip4(18), 80, 0.3) in {"timeout", "refused"}
+    plain = vip.removeprefix("::ffff:")
+    assert env.node(tcp_ask, plain, 80, 0.3) in {"timeout", "refused"}
 
 
 def test_checksums_are_right_with_offloads_off(env: Env) -> None:
