@@ -21,8 +21,10 @@ instead of 10k x 16381 (655 MB).  Every change writes the new table into a FREE 
 and then flips the frontend's hash-map entry (offset, size) in one element
 update, which readers see atomically (RCU); the old extent and removed backend
 ids are quarantined until the next write batch, so a packet that read the old
-entry never sees its slots reused.  Writes go through BPF_MAP_*_BATCH: one
-syscall per map per batch.
+entry never sees its slots reused.  Maglev slots are written through an mmap
+of the pool (BPF_F_MMAPABLE; a pool pinned by an older version without it is
+written with a batch syscall instead); other writes go through
+BPF_MAP_*_BATCH: one syscall per map per batch.
 
 Adoption: bcc's pinned tables reuse the maps found under `pin_dir`; a new
 instance rebuilds its view (ids, extents) from them, loads fresh programs and
@@ -33,16 +35,20 @@ flushed, so established flows (the LRU flow table) survive a restart.
 Hooks (bpf/lb.c): `glb_ingress` on tc ingress of every interface where VIP
 traffic first arrives (the client-facing link; on a bridge, its PORTS, not the
 bridge device: with br_netfilter conntrack sees a bridged packet at the port,
-before the bridge device's tc ingress) does the DNAT; `glb_egress` on tc egress
-of the same interfaces does the reverse NAT, after netfilter saw both directions
-with the backend's address (NOTES.md: symmetric conntrack tuples).  Refused new
+before the bridge device's tc ingress) does the DNAT of client packets and the
+reverse NAT of backends' replies, and forwards both itself when the FIB has a
+next hop (bpf_fib_lookup + bpf_redirect: they skip the IP stack, netfilter and
+the bridge); `glb_egress` on tc egress of the same interfaces reverse-NATs only
+replies that came through netfilter unmarked (hairpin flows after conntrack
+undid the masquerade).  Conntrack never sees the other translated flows, so
+the asymmetric-tuple trap of NOTES.md does not arise.  Refused new
 flows (reject share, no positive weight) and hairpin flows (the client is the
 chosen backend) are only marked in skb->mark; the nft table rejects the first
 (tcp reset / icmpx port-unreachable, prerouting at raw priority, before
 conntrack) and masquerades the second (postrouting).  All other translated
-packets, and backends' replies to them, are marked for `notrack` in that same
-raw-priority chain: the LRU flow table is their connection state, and
-skipping conntrack is most of the per-packet cost left.  Local processes: the
+packets that still take the stack path (local destination, MTU), and replies
+to them, are marked for `notrack` in that same raw-priority chain: the LRU flow
+table is their connection state.  Local processes: the
 cgroup v2 sock_addr hooks connect4/6 / sendmsg4/6 translate at connect()/sendto()
 time (Maglev by socket cookie; a refused flow fails with EPERM), recvmsg4/6 and
 getpeername4/6 show the VIP again; an IPv6 socket reaching an IPv4 VIP as

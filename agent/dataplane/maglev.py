@@ -16,7 +16,7 @@ process (and every node) builds the same table from the same backends.
 
 The fill itself is a tight loop of about M ln M probes: `build_into` runs it in
 C (maglev_fill.c, compiled once with the system compiler into a cache folder
-and loaded with ctypes), about 100x faster than Python; without a compiler it
+and loaded with ctypes), about 10x faster than Python; without a compiler it
 falls back to the Python loop of `build`, which gives the same table.
 """
 
@@ -97,7 +97,8 @@ def build_into(entries: Sequence[tuple[str, int]], size: int, values: Sequence[i
     if not live:
         return array("I")
     fill = _native_fill()
-    if fill is None:
+    if fill is None or any(w > 0xFFFFFFFF for _, _, w in live):
+        # (The C loop takes u32 weights; larger ones are the Python loop's.)
         return array("I", [values[i] for i in build(entries, size)])
     n = len(live)
     u32s = ctypes.c_uint32 * n
