@@ -591,3 +591,57 @@ def test_checksums_are_right_with_offloads_off(env: Env) -> None:
         assert "bad udp cksum" not in dump and "udp sum ok" in dump, dump
     finally:
         ethtool("on")
+
+
+FORWARD_COUNTER = """table inet glbtest {
+    chain forwarded {
+        type filter hook forward priority 0; policy accept;
+        meta l4proto { tcp, udp } counter
+    }
+}
+"""
+
+
+def forwarded_packets(ns: str) -> int:
+    out = subprocess.run(
+        exec_argv(ns, ["nft", "list", "chain", "inet", "glbtest", "forwarded"]),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split("counter packets ")[1].split()[0])
+
+
+def test_translated_flows_are_forwarded_by_the_program_not_the_stack(env: Env) -> None:
+    """Host routing: VIP traffic and its replies never reach netfilter's forward
+    hook, the TTL is still decremented once, and traffic the program does not
+    translate (a backend's own address) is forwarded by the kernel as usual.
+    (TCP and UDP only: the lab forwards a few ICMPv6 packets of its own.)"""
+    lab = env.lab
+    env.program(frontend(vip4(21), 80, {1: 1}), frontend(vip6(21), 80, {1: 1}))
+    subprocess.run(
+        exec_argv(lab.node.ns, ["nft", "-f", "-"]), input=FORWARD_COUNTER, text=True, check=True
+    )
+    try:
+        tcpdump = subprocess.Popen(
+            exec_argv(
+                lab.backends[0].ns,
+                ["tcpdump", "-c", "1", "-nn", "-v", "-i", "eth0", f"tcp dst port {PORT}"],
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        time.sleep(0.5)
+        assert env.client(tcp_many, vip4(21), 80, 20) == Counter({"be1": 20})
+        assert env.client(tcp_many, vip6(21), 80, 20) == Counter({"be1": 20})
+        dump, _ = tcpdump.communicate(timeout=5)
+        assert "ttl 63" in dump, dump  # the client sent 64; one router hop
+        assert forwarded_packets(lab.node.ns) == 0
+        # the stack path still works beside it
+        assert env.client(tcp_ask, BE[1], PORT) == "be1"
+        assert forwarded_packets(lab.node.ns) > 0
+    finally:
+        subprocess.run(
+            exec_argv(lab.node.ns, ["nft", "delete", "table", "inet", "glbtest"]), check=False
+        )
