@@ -281,6 +281,31 @@ static __always_inline int glb_addr_eq(__u32 *a, __u32 *b)
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+/* The backend of a new flow: the frontend's Maglev slot for `hash`.  NULL when
+ * the flow is refused (no positive weight, the reject share's slot, or a slot
+ * whose backend is gone); *bid is the chosen id otherwise. */
+static __always_inline struct glb_backend *glb_pick(struct glb_frontend *fe, __u32 hash,
+						    __u32 *bid)
+{
+	__u32 slot;
+	__u32 *slotp;
+
+	if ((fe->flags & GLB_FE_REJECT_ALL) || fe->table_size == 0)
+		return NULL;
+	slot = fe->table_off + hash % fe->table_size;
+	slotp = glb_maglev.lookup(&slot);
+	if (!slotp || *slotp == GLB_BACKEND_REJECT)
+		return NULL;
+	*bid = *slotp;
+	return glb_backends.lookup(bid);
+}
+
+/* Sockets are balanced by their cookie: one backend per socket. */
+static __always_inline __u32 glb_cookie_hash(__u64 cookie)
+{
+	return glb_final((__u32)cookie ^ glb_mix(0x9747b28c, cookie >> 32));
+}
+
 /* Forward a translated packet to its next hop without the node's IP stack, as
  * ip_forward would: FIB lookup (policy rules included) from the ingress
  * interface, TTL / hop limit decrement, new MAC addresses, redirect to the
@@ -400,19 +425,9 @@ int glb_ingress(struct __sk_buff *skb)
 	}
 	if (!known) {
 		struct glb_backend *be;
-		__u32 slot, bid;
-		__u32 *slotp;
+		__u32 bid = 0;
 
-		if ((fe->flags & GLB_FE_REJECT_ALL) || fe->table_size == 0)
-			goto reject;
-		slot = fe->table_off + glb_flow_hash(&p.k) % fe->table_size;
-		slotp = glb_maglev.lookup(&slot);
-		if (!slotp)
-			goto reject;
-		bid = *slotp;
-		if (bid == GLB_BACKEND_REJECT)
-			goto reject;
-		be = glb_backends.lookup(&bid);
+		be = glb_pick(fe, glb_flow_hash(&p.k), &bid);
 		if (!be)
 			goto reject;
 		__builtin_memset(&flow, 0, sizeof(flow));
@@ -496,8 +511,7 @@ static __always_inline int glb_sock_translate(struct bpf_sock_addr *ctx, __u32 n
 	struct glb_backend *be;
 	struct glb_sock_key sk = {};
 	struct glb_rev rv = {};
-	__u32 slot, bid, fe_id;
-	__u32 *slotp;
+	__u32 bid = 0, fe_id;
 	__u64 cookie;
 	__u8 proto = ctx->protocol;
 
@@ -511,21 +525,10 @@ static __always_inline int glb_sock_translate(struct bpf_sock_addr *ctx, __u32 n
 	if (!fe)
 		return 1;
 	fe_id = fe->id;
-	/* Refused: connect()/sendmsg() fail with EPERM. */
-	if ((fe->flags & GLB_FE_REJECT_ALL) || fe->table_size == 0)
-		return 0;
 	cookie = bpf_get_socket_cookie(ctx);
-	slot = fe->table_off + glb_final((__u32)cookie ^ glb_mix(0x9747b28c, cookie >> 32)) %
-				       fe->table_size;
-	slotp = glb_maglev.lookup(&slot);
-	if (!slotp)
-		return 0;
-	bid = *slotp;
-	if (bid == GLB_BACKEND_REJECT)
-		return 0;
-	be = glb_backends.lookup(&bid);
+	be = glb_pick(fe, glb_cookie_hash(cookie), &bid);
 	if (!be)
-		return 0;
+		return 0; /* refused: connect()/sendmsg() fail with EPERM */
 	sk.cookie = cookie;
 	sk.addr = be->addr[0];
 	sk.port = be->port;
@@ -590,8 +593,7 @@ static __always_inline int glb_sock_translate6(struct bpf_sock_addr *ctx, __u32 
 	struct glb_sock_key6 sk = {};
 	struct glb_rev rv = {};
 	__u32 ip[4];
-	__u32 slot, bid, fe_id, mapped;
-	__u32 *slotp;
+	__u32 bid = 0, fe_id, mapped;
 	__u64 cookie;
 	__u8 proto = ctx->protocol;
 
@@ -615,21 +617,10 @@ static __always_inline int glb_sock_translate6(struct bpf_sock_addr *ctx, __u32 
 	if (!fe)
 		return 1;
 	fe_id = fe->id;
-	/* Refused: connect()/sendmsg() fail with EPERM. */
-	if ((fe->flags & GLB_FE_REJECT_ALL) || fe->table_size == 0)
-		return 0;
 	cookie = bpf_get_socket_cookie(ctx);
-	slot = fe->table_off + glb_final((__u32)cookie ^ glb_mix(0x9747b28c, cookie >> 32)) %
-				       fe->table_size;
-	slotp = glb_maglev.lookup(&slot);
-	if (!slotp)
-		return 0;
-	bid = *slotp;
-	if (bid == GLB_BACKEND_REJECT)
-		return 0;
-	be = glb_backends.lookup(&bid);
+	be = glb_pick(fe, glb_cookie_hash(cookie), &bid);
 	if (!be)
-		return 0;
+		return 0; /* refused: connect()/sendmsg() fail with EPERM */
 	sk.cookie = cookie;
 	__builtin_memcpy(sk.addr, ip, 16);
 	if (mapped)
