@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from controlplane import ControlPlane  # noqa: E402
 from relay import LoopbackRelay  # noqa: E402
 
 from agent.lab import Lab  # noqa: E402
+from agent.lab.echo import ask_tcp  # noqa: E402
 
 GW = "gateway.networking.k8s.io/v1"
 NS = "bench"
@@ -141,15 +141,6 @@ def statused_routes(cp: ControlPlane) -> int:
     return sum(1 for item in body["items"] if (item.get("status") or {}).get("parents"))
 
 
-def tcp_name(addr: str, port: int) -> str:
-    try:
-        with socket.create_connection((addr, port), timeout=1) as s:
-            s.sendall(b"hi\n")
-            return s.recv(100).decode().split()[0]
-    except OSError:
-        return "error"
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -204,7 +195,18 @@ def run_one(n: int, edits: int, cold: bool = False) -> dict[str, float]:
             while statused_routes(cp) < n:
                 time.sleep(1.0)
             statused = time.monotonic() - t0
-            memory = rss_mb(agent.pid)
+            result = {
+                "routes": n,
+                "create_s": created,
+                "programmed_s": programmed,
+                "statused_s": statused,
+                "rss_mb": rss_mb(agent.pid),
+                "p50_ms": float("nan"),
+                "p99_ms": float("nan"),
+                "failed_probes": 0,
+            }
+            if not edits:
+                return result
 
             # Single edits: route 0's Service flips between the two lab backends.
             # Untimed warm-up first: the route starts with three unreachable
@@ -213,47 +215,30 @@ def run_one(n: int, edits: int, cold: bool = False) -> dict[str, float]:
             addr, port = vip(0), 10000
             cp.apply(endpoint_slice(0, [lab.backends[0].ip4]))
             w0 = time.monotonic()
-            while {lab.call(lab.client, tcp_name, addr, port) for _ in range(8)} != {
+            while {lab.call(lab.client, ask_tcp, addr, port) for _ in range(8)} != {
                 lab.backends[0].role
             }:
                 if time.monotonic() - w0 > 60:
                     raise RuntimeError("warm-up edit not programmed within 60 s")
                 time.sleep(0.05)
-            if not edits:
-                return {
-                    "routes": n,
-                    "create_s": created,
-                    "programmed_s": programmed,
-                    "statused_s": statused,
-                    "rss_mb": memory,
-                    "p50_ms": float("nan"),
-                    "p99_ms": float("nan"),
-                    "failed_probes": 0,
-                }
             latencies = []
             failed_probes = 0  # connection attempts that failed (1 s timeout) during edits
             for k in range(edits):
                 target = lab.backends[(k + 1) % 2]
                 cp.apply(endpoint_slice(0, [target.ip4]))
                 e0 = time.monotonic()
-                while (answer := lab.call(lab.client, tcp_name, addr, port)) != target.role:
+                while (answer := lab.call(lab.client, ask_tcp, addr, port)) != target.role:
                     if time.monotonic() - e0 > 30:
                         raise RuntimeError("edit not programmed within 30 s")
-                    if answer == "error":
+                    if answer.startswith("error"):
                         failed_probes += 1
                     time.sleep(0.005)
                 latencies.append(time.monotonic() - e0)
             latencies.sort()
-            return {
-                "routes": n,
-                "create_s": created,
-                "programmed_s": programmed,
-                "statused_s": statused,
-                "rss_mb": memory,
-                "p50_ms": 1000 * statistics.median(latencies),
-                "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-                "failed_probes": failed_probes,
-            }
+            result["p50_ms"] = 1000 * statistics.median(latencies)
+            result["p99_ms"] = 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+            result["failed_probes"] = failed_probes
+            return result
         finally:
             agent.terminate()
             agent.wait(20)

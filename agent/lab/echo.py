@@ -3,7 +3,7 @@
 Answers every TCP read and every UDP datagram with `<name> <peer ip> <peer port>`
 so a test sees which backend served it and which source address the backend saw
 (to check masquerade).  Threaded; IPv4 and IPv6; stops on SIGTERM or SIGINT.
-Owns only its own sockets.
+`ask_tcp` is the matching client.  Owns only its own sockets.
 """
 
 from __future__ import annotations
@@ -14,6 +14,20 @@ import socket
 import sys
 import threading
 from types import FrameType
+
+
+def ask_tcp(addr: str, port: int, timeout: float = 1.0) -> str:
+    """The name the echo backend behind addr:port answers with, or
+    `error:<exception>` (refused, timed out, unreachable)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect((addr, port))
+            s.sendall(b"hi\n")
+            return s.recv(200).decode().split()[0]
+    except OSError as exc:
+        return f"error:{type(exc).__name__}"
 
 
 def _reply(name: str, peer: tuple[str, int] | tuple[str, int, int, int]) -> bytes:

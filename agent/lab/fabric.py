@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import TypeVar
 
 from agent.lab import netns
+from agent.lab.topology import Host
 
 T = TypeVar("T")
 
@@ -41,40 +41,32 @@ def backend6(j: int) -> str:
     return f"fd00:20::{10 + j:x}"
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    role: str
-    ns: str
-    ip4: str
-    ip6: str
-
-
 class Fabric(netns.NamespaceSet):
     def __init__(self, nodes: int = 2, *, router: bool = False, backends: int = 1) -> None:
         super().__init__()
         self.with_router = router
         self.switch = self.prefix + "sw"
         self.nodes = [
-            Member(f"node-{i}", f"{self.prefix}node-{i}", f"{LAN4}.{10 + i}", f"{LAN6}:{10 + i:x}")
+            Host(f"node-{i}", f"{self.prefix}node-{i}", f"{LAN4}.{10 + i}", f"{LAN6}:{10 + i:x}")
             for i in range(1, nodes + 1)
         ]
         # node role -> its backends (be1..beN, the same addresses on every node)
         self.backends = {
             n.role: [
-                Member(f"be{j}@{n.role}", f"{self.prefix}be{j}-{i}", backend4(j), backend6(j))
+                Host(f"be{j}@{n.role}", f"{self.prefix}be{j}-{i}", backend4(j), backend6(j))
                 for j in range(1, backends + 1)
             ]
             for i, n in enumerate(self.nodes, start=1)
         }
-        self.router = Member("router", self.prefix + "router", f"{LAN4}.1", f"{LAN6}:1")
+        self.router = Host("router", self.prefix + "router", f"{LAN4}.1", f"{LAN6}:1")
         if router:
-            self.client = Member("client", self.prefix + "client", "10.88.0.2", "fd00:88::2")
+            self.client = Host("client", self.prefix + "client", "10.88.0.2", "fd00:88::2")
         else:
-            self.client = Member("client", self.prefix + "client", f"{LAN4}.2", f"{LAN6}:2")
+            self.client = Host("client", self.prefix + "client", f"{LAN4}.2", f"{LAN6}:2")
 
     # -- building -------------------------------------------------------------------------
 
-    def _port(self, member: Member, dev: str, mac: str) -> None:
+    def _port(self, member: Host, dev: str, mac: str) -> None:
         """A veth from the switch's bridge to `member`'s `dev`."""
         ip = netns.ip
         port = f"p-{member.role}"[:15]
@@ -151,6 +143,6 @@ class Fabric(netns.NamespaceSet):
             if b"ready" not in proc.stdout.readline():
                 raise netns.LabError(f"echo server in {be.ns} did not start")
 
-    def cut(self, member: Member) -> None:
+    def cut(self, member: Host) -> None:
         """The member's LAN link goes away, as when its machine dies."""
         netns.ip("link", "del", f"p-{member.role}"[:15], ns=self.switch, check=False)

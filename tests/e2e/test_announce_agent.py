@@ -6,6 +6,7 @@ and a node that dies.  Figures are printed (`pytest -s`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -24,7 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.lab.fabric import BACKEND_PORT, Fabric, Member, backend4, backend6
+from agent.lab import Host
+from agent.lab.echo import ask_tcp
+from agent.lab.fabric import BACKEND_PORT, Fabric, backend4, backend6
 
 pytestmark = pytest.mark.root
 
@@ -44,16 +47,8 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any
         time.sleep(step)
 
 
-def tcp_ask(addr: str, port: int = PORT, timeout: float = 0.3) -> str:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect((addr, port))
-            s.sendall(b"hi\n")
-            return s.recv(100).decode().split()[0]
-    except OSError as exc:
-        return f"error:{type(exc).__name__}"
+# Short timeout: the tests poll until an announcement moved.
+tcp_ask = functools.partial(ask_tcp, port=PORT, timeout=0.3)
 
 
 def manifests(
@@ -99,7 +94,7 @@ def manifests(
 
 
 class Agent:
-    def __init__(self, fabric: Fabric, node: Member, tmp: Path, manifests_dir: Path) -> None:
+    def __init__(self, fabric: Fabric, node: Host, tmp: Path, manifests_dir: Path) -> None:
         self.fabric, self.node = fabric, node
         self.dir = tmp / node.role
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +163,7 @@ def neighbour_mac(fabric: Fabric, vip: str) -> str:
     return parts[parts.index("lladdr") + 1] if "lladdr" in parts else ""
 
 
-def netns_ip(member: Member, *args: str) -> str:
+def netns_ip(member: Host, *args: str) -> str:
     from agent.lab import netns
 
     return netns.ip(*args, ns=member.ns)

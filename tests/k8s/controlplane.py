@@ -70,6 +70,13 @@ SERVICE_CIDR = "10.213.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 FIELD_MANAGER = "gatewaylb-tests"
 LOOPBACK = "127.0.0.1"
+# What a request on a kept-alive connection the server has closed raises.
+STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    http.client.CannotSendRequest,
+    BrokenPipeError,
+    ConnectionResetError,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -503,19 +510,11 @@ class ControlPlane:
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
-            except (http.client.HTTPException, ConnectionError) as exc:
+            except STALE_CONNECTION:
                 # A kept-alive connection the server closed (idle, or the
                 # server restarted): once more on a new one.
                 self._drop_connection(token)
-                if attempt or not isinstance(
-                    exc,
-                    (
-                        http.client.RemoteDisconnected,
-                        http.client.CannotSendRequest,
-                        BrokenPipeError,
-                        ConnectionResetError,
-                    ),
-                ):
+                if attempt:
                     raise
             except BaseException:
                 self._drop_connection(token)

@@ -27,6 +27,7 @@ from controlplane import ControlPlane
 from relay import LoopbackRelay
 
 from agent.lab import Lab, vip4
+from agent.lab.echo import ask_tcp
 
 pytestmark = pytest.mark.root
 
@@ -59,15 +60,6 @@ def deploy_objects() -> list[dict[str, Any]]:
     ):
         objs.extend(d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d)
     return objs
-
-
-def tcp_ask(addr: str, port: int) -> str:
-    try:
-        with socket.create_connection((addr, port), timeout=1) as s:
-            s.sendall(b"hi\n")
-            return s.recv(100).decode().split()[0]
-    except OSError as exc:
-        return f"error:{type(exc).__name__}"
 
 
 def udp_ask(addr: str, port: int) -> str:
@@ -274,7 +266,7 @@ def test_agent_programs_objects_from_the_api_and_writes_their_status(
     ):
         cp.apply(obj)
     agent.start()
-    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be1", 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 80) == "be1", 20)
     assert lab.call(lab.client, udp_ask, VIP, 80) == "be1"
 
     gw_path = f"/apis/{GW}/namespaces/{APP}/gateways/edge"
@@ -298,7 +290,7 @@ def test_agent_programs_objects_from_the_api_and_writes_their_status(
     # Scaling the EndpointSlice converges.
     cp.apply(slice_("blue", [be1, be2]))
     wait_for(
-        lambda: {lab.call(lab.client, tcp_ask, VIP, 80) for _ in range(20)} == {"be1", "be2"}, 20
+        lambda: {lab.call(lab.client, ask_tcp, VIP, 80) for _ in range(20)} == {"be1", "be2"}, 20
     )
     # Objects whose status did not change keep it through later syncs (the
     # writer skips them; it must not mistake them for routes that left us).
@@ -308,11 +300,11 @@ def test_agent_programs_objects_from_the_api_and_writes_their_status(
     cp.apply(service("green"))
     cp.apply(slice_("green", [be3]))
     cp.apply(l4_route("TCPRoute", "tcp", "tcp", "green"))
-    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be3", 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 80) == "be3", 20)
     # Deleting the Service: its share is refused and the route says why.
     status, _ = cp.request("DELETE", f"/api/v1/namespaces/{APP}/services/green")
     assert status == 200
-    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80).startswith("error"), 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 80).startswith("error"), 20)
 
     def backend_not_found() -> bool:
         parents = get(cp, f"/apis/{GW}/namespaces/{APP}/tcproutes/tcp")["status"]["parents"]
@@ -340,7 +332,7 @@ def test_reference_grant_switches_a_cross_namespace_backend_on_and_off(
         return condition(parents[0]["conditions"], "ResolvedRefs")
 
     wait_for(lambda: resolved() == ("False", "RefNotPermitted"), 20)
-    assert lab.call(lab.client, tcp_ask, VIP, 81).startswith("error")
+    assert lab.call(lab.client, ask_tcp, VIP, 81).startswith("error")
     grant = {
         "apiVersion": "gateway.networking.k8s.io/v1beta1",
         "kind": "ReferenceGrant",
@@ -351,7 +343,7 @@ def test_reference_grant_switches_a_cross_namespace_backend_on_and_off(
         },
     }
     cp.apply(grant)
-    took = wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 81) == "be3", 20)
+    took = wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 81) == "be3", 20)
     print(f"\nReferenceGrant created: traffic after {took:.2f}s")
     wait_for(lambda: resolved() == ("True", "ResolvedRefs"), 20)
     status, _ = cp.request(
@@ -359,7 +351,7 @@ def test_reference_grant_switches_a_cross_namespace_backend_on_and_off(
         "/apis/gateway.networking.k8s.io/v1beta1/namespaces/backends/referencegrants/shop-to-vault",
     )
     assert status == 200
-    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 81).startswith("error"), 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 81).startswith("error"), 20)
     wait_for(lambda: resolved() == ("False", "RefNotPermitted"), 20)
 
 
@@ -383,7 +375,7 @@ def test_only_the_lease_holder_writes_status_and_a_survivor_takes_over(
             leader, follower = (a, b) if holder == "node-a" else (b, a)
             # Both program their nodes.
             assert (
-                lab.call(lab.client, tcp_ask, VIP, 80) != "" and follower.ready() and leader.ready()
+                lab.call(lab.client, ask_tcp, VIP, 80) != "" and follower.ready() and leader.ready()
             )
             assert "event=lease_acquired" in leader.log.read_text()
             assert "event=lease_acquired" not in follower.log.read_text()
@@ -415,14 +407,14 @@ def test_api_server_restart_keeps_traffic_flowing_and_later_changes_converge(
     ):
         cp.apply(obj)
     agent.start()
-    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 80) == "be1", 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, VIP, 80) == "be1", 20)
 
     answers: list[str] = []
     stop = threading.Event()
 
     def steady() -> None:
         while not stop.is_set():
-            answers.append(tcp_ask(VIP, 80))
+            answers.append(ask_tcp(VIP, 80))
             time.sleep(0.02)
 
     client = threading.Thread(target=lab.call, args=(lab.client, steady), daemon=True)
@@ -503,8 +495,8 @@ def test_bad_input_through_the_api_is_reported_and_the_agent_keeps_serving(
     assert condition(ghost_status["conditions"], "ResolvedRefs") == ("False", "BackendNotFound")
     # Only the oldest route of "cross" (ghost) carries traffic: refused, never
     # handed to the crowd's backends; the other listener is untouched.
-    assert lab.call(lab.client, tcp_ask, VIP, 81).startswith("error")
-    assert lab.call(lab.client, tcp_ask, VIP, 80) == "be1"
+    assert lab.call(lab.client, ask_tcp, VIP, 81).startswith("error")
+    assert lab.call(lab.client, ask_tcp, VIP, 80) == "be1"
     assert agent.proc is not None and agent.proc.poll() is None
 
 
@@ -618,7 +610,7 @@ def test_gateway_without_address_gets_one_from_the_pool_and_keeps_it_across_rest
     a, b = addresses("pool-a"), addresses("pool-b")
     assert len(a) == len(b) == 1 and a != b and {a[0], b[0]} <= set(pool), (a, b)
     # The assigned address carries traffic.
-    wait_for(lambda: lab.call(lab.client, tcp_ask, a[0], 7000) == "be1", 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, a[0], 7000) == "be1", 20)
 
     # Three addresses: a third Gateway fits, a fourth does not.
     for name in ("pool-c", "pool-d"):
@@ -638,6 +630,6 @@ def test_gateway_without_address_gets_one_from_the_pool_and_keeps_it_across_rest
     agent.start()
     time.sleep(1)
     assert (addresses("pool-a"), addresses("pool-b")) == (a, b)
-    wait_for(lambda: lab.call(lab.client, tcp_ask, a[0], 7000) == "be1", 20)
+    wait_for(lambda: lab.call(lab.client, ask_tcp, a[0], 7000) == "be1", 20)
     for name in ("pool-a", "pool-b", "pool-c", "pool-d"):
         cp.request("DELETE", f"/apis/{GW}/namespaces/{APP}/gateways/{name}")
