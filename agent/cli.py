@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -20,7 +21,7 @@ from agent.announce.reconciler import MODES as ANNOUNCE_MODES
 from agent.announce.reconciler import AnnounceReconciler, withdraw_all
 from agent.daemon import Agent, SyncSettings
 from agent.dataplane.addresses import VIPAddresses
-from agent.dataplane.base import FrontendCounters
+from agent.dataplane.localvips import LocalVIPs, VIPGuard
 from agent.dataplane.select import (
     DEFAULT_BPF_PIN_DIR,
     MODES,
@@ -30,12 +31,12 @@ from agent.dataplane.select import (
     cgroup2_root,
     cleanup_all,
     open_dataplane,
-    programmed_dataplane,
 )
 from agent.election import LeaseElector
 from agent.events import EventRecorder
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
+from agent.nodestatus import DEFAULT_AGENT_ADDRESS, read_node, status_document, status_table
 from agent.output import dump, translation_document
 from agent.proxy.reconciler import ProxyReconciler
 from agent.proxy.worker import ProxyWorker
@@ -50,11 +51,14 @@ from agent.statuswriter import (
     addresses_from_status_file,
 )
 from agent.translate import DEFAULT_CONTROLLER_NAME, translate
+from agent.translate.rejections import foreign_classes, rejections
 
 log = logging.getLogger("gatewaylb")
 DEFAULT_RUN_DIR = Path("/run/gatewaylb")
 DEFAULT_BGP_API_PORT = 50052  # not gobgpd's own default (50051), which a host daemon may use
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+SERVICE_ACCOUNT_NAMESPACE = SERVICE_ACCOUNT_TOKEN.with_name("namespace")
+DEFAULT_LEASE_NAMESPACE = "gatewaylb-system"
 
 
 @click.group(
@@ -76,17 +80,38 @@ def main() -> None:
     "-o", "--output", type=click.Choice(["json", "yaml"]), default="json", show_default=True
 )
 @click.option("--controller-name", default=DEFAULT_CONTROLLER_NAME, show_default=True)
-def translate_command(manifests: Path, output: str, controller_name: str) -> None:
-    """Print the status and desired state computed from manifests; change nothing."""
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when any object is rejected (a refusing condition in its status), any "
+    "document cannot be used, or any manifest has an unknown kind or field.",
+)
+def translate_command(manifests: Path, output: str, controller_name: str, strict: bool) -> None:
+    """Print the status and desired state computed from manifests; change nothing.
+    Warnings and a summary of rejected objects go to stderr."""
     try:
         snapshot = load_directory(manifests)
     except ManifestError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    for problem in snapshot.problems:
-        click.echo(f"warning: {problem}", err=True)
     result = translate(snapshot, controller_name)
     click.echo(dump(translation_document(snapshot, result), output), nl=False)
+    notes = [f"error: {p}" for p in snapshot.problems]
+    notes += [f"warning: {w}" for w in snapshot.warnings]
+    notes += [f"note: {line}" for line in foreign_classes(snapshot, controller_name)]
+    refused = rejections(snapshot, result.status)
+    notes += [f"rejected: {r}" for r in refused]
+    for note in notes:
+        click.echo(note, err=True)
+    objects = len({(r.kind, r.namespace, r.name) for r in refused})
+    if notes:
+        click.echo(
+            f"translate: {objects} object(s) rejected, {len(snapshot.problems)} document(s) "
+            f"unusable, {len(snapshot.warnings)} warning(s)",
+            err=True,
+        )
+    if strict and (refused or snapshot.problems or snapshot.warnings):
+        sys.exit(1)
 
 
 @main.command("version")
@@ -112,7 +137,8 @@ def _dataplane_options(
     return DataplaneOptions(interfaces=interfaces, bpf_pin_dir=bpf_pin_dir, cgroup_path=cgroup)
 
 
-@main.command("run")
+# Its own prefix: the group's would make the variables GATEWAYLB_RUN_<OPTION>.
+@main.command("run", context_settings={"auto_envvar_prefix": "GATEWAYLB"})
 @click.option(
     "--manifests", type=click.Path(path_type=Path), help="Standalone: a watched manifest directory."
 )
@@ -150,11 +176,13 @@ def _dataplane_options(
     help="Where the L7 proxy worker keeps its configuration, sockets and certificates.",
 )
 @click.option(
+    "--lease-namespace",
     "--namespace",
-    envvar=["GATEWAYLB_NAMESPACE", "POD_NAMESPACE"],
-    default="gatewaylb-system",
-    show_default=True,
-    help="Kubernetes: the agent's namespace (holds the status-writer Lease).",
+    "lease_namespace",
+    envvar=["GATEWAYLB_LEASE_NAMESPACE", "GATEWAYLB_NAMESPACE", "POD_NAMESPACE"],
+    default=None,
+    help="Kubernetes: the namespace of the status-writer Lease (default: the pod's "
+    f"namespace, else {DEFAULT_LEASE_NAMESPACE}).",
 )
 @click.option(
     "--announce",
@@ -196,14 +224,20 @@ def run_command(
     status_file: Path | None,
     controller_name: str,
     run_dir: Path,
-    namespace: str,
+    lease_namespace: str | None,
     announce: str,
     bgp_api_port: int,
     proxy_threads: int | None,
     log_format: str,
     log_level: str,
 ) -> None:
-    """Run the agent until SIGTERM/SIGINT; the kernel state stays in place on exit."""
+    """Run the agent until SIGTERM/SIGINT; the kernel state stays in place on exit.
+
+    Every option can also be set from the environment as GATEWAYLB_<OPTION>
+    (upper case, '-' as '_'): GATEWAYLB_DATAPLANE=nftables,
+    GATEWAYLB_INTERFACE="eth0 eth1" for a repeatable option, GATEWAYLB_IN_CLUSTER=1
+    for a flag. The command line wins over the environment.
+    """
     setup_logging(log_format, log_level)
     if manifests is not None and (kubeconfig is not None or in_cluster):
         raise click.UsageError("--manifests and --kubeconfig/--in-cluster are exclusive")
@@ -225,18 +259,23 @@ def run_command(
     writers: list[StatusWriter] = []
     if status_file is not None:
         writers.append(FileStatusWriter(status_file))
+        metrics.add_status_writer(lambda: ("file", ""))
     elector: LeaseElector | None = None
     events: EventRecorder | None = None
     source: Source
     if manifests is not None:
         source = FileSource(manifests)
         where = str(manifests)
+        if status_file is None:
+            metrics.add_status_writer(lambda: ("disabled", "NoStatusFile"))
     else:
         client = (
             KubeClient.in_cluster() if in_cluster else KubeClient.from_kubeconfig(str(kubeconfig))
         )
         kube = KubeSource(client)
+        namespace = _lease_namespace(lease_namespace)
         elector = LeaseElector(client, namespace=namespace, identity=node_name)
+        metrics.add_status_writer(_writer_state(elector))
         writers.append(KubeStatusWriter(client, kube, controller_name, is_leader=elector.is_leader))
         events = EventRecorder(client, node=node_name, controller=controller_name)
         kube.start()
@@ -248,9 +287,8 @@ def run_command(
         metrics=metrics,
         settings=SyncSettings(controller_name=controller_name),
         status_writers=writers,
-        proxy=ProxyReconciler(
-            ProxyWorker(run_dir / "proxy", threads=proxy_threads), VIPAddresses()
-        ),
+        proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy", threads=proxy_threads)),
+        local_vips=LocalVIPs(VIPAddresses(), VIPGuard()),
         events=events,
         announcer=(
             AnnounceReconciler(
@@ -280,15 +318,61 @@ def run_command(
             elector.stop()
 
 
+def _lease_namespace(flag: str | None) -> str:
+    """--lease-namespace, else the pod's own namespace, else the default."""
+    if flag:
+        return flag
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_LEASE_NAMESPACE
+    except OSError:
+        return DEFAULT_LEASE_NAMESPACE
+
+
+def _writer_state(elector: LeaseElector) -> Callable[[], tuple[str, str]]:
+    def state() -> tuple[str, str]:
+        s = elector.state()
+        return s.state, s.reason
+
+    return state
+
+
 @main.command("cleanup")
 @click.option(
     "--lab", is_flag=True, help="Also remove network namespaces left by labs (demo, tests)."
 )
-@click.option("--interface", "interfaces", multiple=True, help="ebpf: interfaces to detach from.")
-@click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
-@click.option("--cgroup-path", default="auto", show_default=True)
-@click.option("--run-dir", type=click.Path(path_type=Path), default=DEFAULT_RUN_DIR)
-@click.option("--bgp-api-port", type=click.IntRange(1, 65535), default=DEFAULT_BGP_API_PORT)
+@click.option(
+    "--interface",
+    "interfaces",
+    multiple=True,
+    help="Accepted for compatibility: every interface is searched for gatewaylb's tc programs.",
+)
+@click.option(
+    "--bpf-pin-dir",
+    default=DEFAULT_BPF_PIN_DIR,
+    show_default=True,
+    help="A pin directory to remove besides those found on every mounted bpf filesystem.",
+)
+@click.option(
+    "--cgroup-path",
+    default="auto",
+    show_default=True,
+    help="A cgroup whose glb_* programs are all removed ('auto': only those that use the "
+    "maps of a run found here; they are found on every mounted cgroup v2 hierarchy).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_RUN_DIR,
+    show_default=True,
+    help="A run directory to clean besides those of the proxy workers and BGP speakers "
+    "found running in this network namespace.",
+)
+@click.option(
+    "--bgp-api-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_BGP_API_PORT,
+    show_default=True,
+)
 def cleanup_command(
     lab: bool,
     interfaces: tuple[str, ...],
@@ -297,18 +381,35 @@ def cleanup_command(
     run_dir: Path,
     bgp_api_port: int,
 ) -> None:
-    """Remove everything the agent put in the kernel, the proxy worker and the
-    BGP speaker (its routes are withdrawn). Safe to run twice."""
-    withdraw_all(run_dir, socket.gethostname(), bgp_api_port)
-    for item in cleanup_all(_dataplane_options(interfaces, bpf_pin_dir, cgroup_path)):
+    """Remove everything any gatewaylb run left in this network namespace:
+    tc and cgroup programs, pinned maps, nftables tables, VIP addresses, the
+    proxy worker and the BGP speaker (its routes are withdrawn).  Found in the
+    kernel by name, whatever flags the run used.  Safe to run twice."""
+    from agent.dataplane.inventory import find_run_dirs
+
+    setup_logging("text", "warning")
+    run_dirs = sorted({run_dir, *find_run_dirs()})
+    removed: list[str] = []
+    for directory in run_dirs:
+        withdraw_all(directory, socket.gethostname(), bgp_api_port)
+        worker = ProxyWorker(directory / "proxy")
+        if worker.master_pid() is not None or worker.config_path.exists():
+            ProxyReconciler(worker).cleanup()
+            removed.append(f"the proxy worker under {directory / 'proxy'}")
+    cgroup = None if cgroup_path == "auto" else cgroup_path
+    removed += cleanup_all(DataplaneOptions(bpf_pin_dir=bpf_pin_dir, cgroup_path=cgroup))
+    addresses = VIPAddresses().cleanup()
+    if addresses:
+        removed.append(f"VIP addresses on lo: {', '.join(addresses)}")
+    for item in removed:
         click.echo(f"removed: {item}")
-    ProxyReconciler(ProxyWorker(run_dir / "proxy"), VIPAddresses()).cleanup()
-    click.echo(f"removed: the proxy worker under {run_dir / 'proxy'} and its VIP addresses")
+    if not removed:
+        click.echo("nothing of gatewaylb's in this network namespace")
     if lab:
         from agent.lab.netns import cleanup_leftovers
 
-        removed = cleanup_leftovers()
-        click.echo(f"removed lab namespaces: {', '.join(removed) or 'none'}")
+        gone = cleanup_leftovers()
+        click.echo(f"removed lab namespaces: {', '.join(gone) or 'none'}")
 
 
 @main.command("status")
@@ -317,62 +418,43 @@ def cleanup_command(
 )
 @click.option(
     "--metrics-address",
-    default=None,
-    help="Accepted for compatibility; the kernel is read directly.",
+    default=DEFAULT_AGENT_ADDRESS,
+    show_default=True,
+    help="Where the running agent serves /metrics (its --metrics-address): ready, who "
+    "writes status, rejected objects.  The kernel is read directly.",
 )
-@click.option("--bpf-pin-dir", default=DEFAULT_BPF_PIN_DIR, show_default=True)
-def status_command(output: str, metrics_address: str | None, bpf_pin_dir: str) -> None:
-    """What the kernel holds now: VIP, protocol, port, backends, counters."""
-    plane = programmed_dataplane(DataplaneOptions(bpf_pin_dir=bpf_pin_dir))
-    programmed = plane.programmed()
-    counters = {(c.vip, c.protocol, c.port): c for c in plane.read_counters()}
-    empty = FrontendCounters("", "", 0, 0, 0)
+@click.option(
+    "--bpf-pin-dir",
+    default=DEFAULT_BPF_PIN_DIR,
+    show_default=True,
+    help="A pin directory to read besides those found on every mounted bpf filesystem.",
+)
+def status_command(output: str, metrics_address: str, bpf_pin_dir: str) -> None:
+    """What this node holds now: VIP, protocol, port, backends, counters, found
+    in the kernel whatever flags the agent runs with; and the agent's own
+    account (ready, status writer, rejected objects) when it answers."""
+    setup_logging("text", "warning")
+    node = read_node([bpf_pin_dir], metrics_address)
     if output == "json":
-        rows = []
-        for fe in programmed:
-            c = counters.get((fe.vip, fe.protocol, fe.port), empty)
-            backends = [
-                {
-                    "ip": ip,
-                    "port": port,
-                    "weight": weight,
-                    "connections": c.backend_connections.get((ip, port), 0),
-                }
-                for ip, port, weight in fe.backends
-            ]
-            rows.append(
-                {
-                    "vip": fe.vip,
-                    "protocol": fe.protocol,
-                    "port": fe.port,
-                    "backends": backends,
-                    "reject_weight": fe.reject_weight,
-                    "packets": c.packets,
-                    "bytes": c.bytes,
-                }
-            )
-        click.echo(json.dumps({"dataplane": plane.name, "frontends": rows}, indent=2))
-        return
-    click.echo(f"dataplane: {plane.name}   frontends: {len(programmed)}")
-    click.echo(f"{'VIP':<40} {'PROTO':<5} {'PORT':>5} {'PACKETS':>10} {'BYTES':>12}  BACKENDS")
-    for fe in programmed:
-        c = counters.get((fe.vip, fe.protocol, fe.port), empty)
-        shown = ", ".join(
-            f"{ip}:{port} w={weight} conns={c.backend_connections.get((ip, port), 0)}"
-            for ip, port, weight in fe.backends
-        )
-        shown = shown or "(none: refuses connections)"
-        if fe.reject_weight:
-            shown += f", refused share w={fe.reject_weight}"
-        click.echo(
-            f"{fe.vip:<40} {fe.protocol:<5} {fe.port:>5} {c.packets:>10} {c.bytes:>12}  {shown}"
-        )
+        click.echo(json.dumps(status_document(node), indent=2))
+    else:
+        click.echo(status_table(node), nl=False)
+    if any(v.problem for v in node.dataplanes):
+        sys.exit(1)
 
 
 @main.command("demo")
 @click.option("--dataplane", type=click.Choice(MODES), default="auto", show_default=True)
-def demo_command(dataplane: str) -> None:
-    """A throwaway lab: the agent on examples/l4, TCP and UDP through the VIP."""
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the lab and the agent running and print how to use them; "
+    "`gatewaylb cleanup --lab` removes them.",
+)
+def demo_command(dataplane: str, keep: bool) -> None:
+    """A throwaway network-namespace lab: the agent on examples/demo, TCP, UDP and
+    HTTP through a Gateway's VIP, checked against the route weights; then
+    removed (unless --keep). Needs root."""
     from agent.lab.demo import run_demo
 
-    sys.exit(run_demo(dataplane))
+    sys.exit(run_demo(dataplane, keep=keep))

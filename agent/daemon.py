@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from agent.announce.reconciler import AnnounceReconciler
 from agent.dataplane.base import Dataplane, ReconcileResult
+from agent.dataplane.localvips import LocalVIPs
 from agent.events import EventRecorder, ObjectRef
 from agent.metrics import AgentMetrics, LabelledCounters
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND
@@ -33,6 +34,7 @@ from agent.sources.base import Source
 from agent.state import DesiredState
 from agent.statuswriter import StatusWriter
 from agent.translate import Translation, translate
+from agent.translate.rejections import Rejection, foreign_classes, rejected_counts, rejections
 from agent.translate.status import GatewayStatus
 
 log = logging.getLogger("gatewaylb.agent")
@@ -65,6 +67,7 @@ class Agent:
         proxy: ProxyReconciler | None = None,
         events: EventRecorder | None = None,
         announcer: AnnounceReconciler | None = None,
+        local_vips: LocalVIPs | None = None,
         prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
     ) -> None:
         self._source = source
@@ -75,6 +78,11 @@ class Agent:
         self._proxy = proxy
         self._events = events
         self._announcer = announcer
+        self._local_vips = local_vips
+        # What was last said about refused objects: only changes are logged.
+        self._rejections: frozenset[Rejection] = frozenset()
+        self._foreign_classes: frozenset[str] = frozenset()
+        self._source_problems: frozenset[str] = frozenset()
         # Addresses Gateways held (from the pools): kept across syncs and, via
         # the status file, across restarts, so assignments never move.
         self._addresses: dict[Key, tuple[str, ...]] = dict(prior_addresses or {})
@@ -95,6 +103,13 @@ class Agent:
         metrics.add_kernel_counters(self._labelled_counters)
         if announcer is not None:
             metrics.add_announcements(announcer.status)
+        if local_vips is not None:
+            metrics.add_unserved_packets(self._unserved_packets)
+
+    def _unserved_packets(self) -> int:
+        assert self._local_vips is not None
+        with self._kernel_lock:
+            return self._local_vips.guard.unserved_packets()
 
     # -- kernel counters for /metrics --------------------------------------------
 
@@ -234,13 +249,14 @@ class Agent:
         if snapshot is self._synced_snapshot:
             return True  # nothing changed since the last good sync (a periodic rescan)
         errors = self._source.errors()
-        for message in errors:
-            log.warning("event=source_problem %s", message)
+        self._report_source_problems(errors)
         self._metrics.manifest_errors.set(len(errors))
         result = translate(snapshot, self._settings.controller_name, self._addresses)
         self._addresses.update(held_addresses(result))
         desired = result.desired
         name = self._dataplane.name
+        if not await self._local_vips_step("grow", desired):
+            return False
         t0 = time.monotonic()
         try:
             outcome = await asyncio.to_thread(self._reconcile, desired)
@@ -261,11 +277,13 @@ class Agent:
         if outcome.errors:
             self._metrics.sync_errors.labels(name).inc()
         proxy_ok = await self._reconcile_proxy(desired)
+        vips_ok = await self._local_vips_step("settle", desired)
         await self._announce(desired)
         if self._proxy_problems:
             result = dataclasses.replace(
                 result, status=apply_problems(result.status, self._proxy_problems)
             )
+        self._report_rejections(snapshot, result)
         if self._events is not None and (outcome.errors or self._proxy_problems):
             await asyncio.to_thread(self._record_events, desired, outcome, self._proxy_problems)
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
@@ -281,20 +299,83 @@ class Agent:
         else:
             self._status_pending = (snapshot, result)
             self._status_ready.set()
-        self._synced_snapshot = snapshot if not outcome.errors and proxy_ok else None
+        clean = not outcome.errors and proxy_ok and vips_ok
+        self._synced_snapshot = snapshot if clean else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
         if not self.ready:
             log.info("event=ready frontends=%d", len(desired.l4))
         self.ready = True
         log.info(
-            "event=synced frontends=%d changed=%d errors=%d took_ms=%.1f",
+            "event=synced frontends=%d changed=%d errors=%d rejected=%d took_ms=%.1f",
             len(desired.l4),
             outcome.changed,
             len(outcome.errors),
+            len({(r.kind, r.namespace, r.name) for r in self._rejections}),
             (time.monotonic() - started) * 1000,
         )
-        return not outcome.errors and proxy_ok
+        return clean
+
+    async def _local_vips_step(self, step: str, desired: DesiredState) -> bool:
+        """`grow` (VIPs local before anything binds them) or `settle` (stale
+        VIPs removed, the unserved-port guard brought up to date)."""
+        if self._local_vips is None:
+            return True
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(self._locked, getattr(self._local_vips, step), desired)
+        except Exception:
+            name = self._local_vips.name
+            self._metrics.sync_errors.labels(name).inc()
+            log.exception("event=reconcile_failed reconciler=%s step=%s", name, step)
+            return False
+        finally:
+            self._metrics.sync_duration.labels(self._local_vips.name).observe(time.monotonic() - t0)
+        return True
+
+    def _locked(self, fn: Callable[[DesiredState], object], desired: DesiredState) -> None:
+        with self._kernel_lock:
+            fn(desired)
+
+    def _report_source_problems(self, problems: Sequence[str]) -> None:
+        """Files that cannot be read, unknown kinds and fields: each said once
+        while it lasts."""
+        current = frozenset(problems)
+        for message in sorted(current - self._source_problems):
+            log.warning("event=source_problem %s", message)
+        self._source_problems = current
+
+    def _report_rejections(self, snapshot: Snapshot, result: Translation) -> None:
+        """One warning line per refused object, logged when it appears or
+        changes; one info line when it is accepted again; the counts by kind
+        and reason in `gatewaylb_rejected_objects`."""
+        current = frozenset(rejections(snapshot, result.status))
+        for r in sorted(current - self._rejections, key=_rejection_order):
+            log.warning(
+                "event=object_rejected kind=%s object=%s source=%s where=%r condition=%s "
+                "reason=%s message=%r",
+                r.kind,
+                r.object,
+                r.source or "-",
+                r.where,
+                r.condition,
+                r.reason,
+                r.message,
+            )
+        still = {(r.kind, r.namespace, r.name) for r in current}
+        cleared = {(r.kind, r.namespace, r.name) for r in self._rejections} - still
+        for kind, namespace, name in sorted(cleared):
+            log.info(
+                "event=object_accepted kind=%s object=%s",
+                kind,
+                f"{namespace}/{name}" if namespace else name,
+            )
+        self._rejections = current
+        self._metrics.set_rejected(rejected_counts(tuple(current)))
+        foreign = frozenset(foreign_classes(snapshot, self._settings.controller_name))
+        for line in sorted(foreign - self._foreign_classes):
+            log.info("event=gatewayclass_not_ours %s", line)
+        self._foreign_classes = foreign
 
     def _record_events(
         self, desired: DesiredState, outcome: ReconcileResult, problems: tuple[Problem, ...]
@@ -411,6 +492,10 @@ class Agent:
             outcome = self._dataplane.reconcile(desired)
             self._desired = desired
         return outcome
+
+
+def _rejection_order(r: Rejection) -> tuple[str, str, str, str]:
+    return (r.kind, r.namespace, r.name, r.where)
 
 
 def held_addresses(result: Translation) -> dict[Key, tuple[str, ...]]:

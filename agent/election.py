@@ -5,6 +5,11 @@ renews every `renew` seconds; another agent takes the Lease over once it has
 not been renewed for `duration` seconds.  A holder that cannot renew stops
 calling itself leader before the others can take over (it keeps a margin), so
 two writers never overlap while clocks agree.
+
+`state()` says who writes status from this agent's point of view and, when
+nobody can, why: a missing Lease namespace or missing RBAC is said once at
+error level with what to do, then kept in the state (and the
+`gatewaylb_status_writer` metric) instead of being logged every renew period.
 """
 
 from __future__ import annotations
@@ -13,11 +18,46 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agent.sources.kubeapi import ApiError, KubeClient, micro_time, parse_micro_time
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """Who writes status: `leader` (this agent), `standby` (another agent
+    holds the Lease), `blocked` (this agent cannot take part: `reason` and
+    `detail` say why and what to do), `starting` (not tried yet)."""
+
+    state: str
+    reason: str = ""
+    detail: str = ""
+
+
+def classify_lease_error(exc: Exception, namespace: str, name: str) -> WriterState:
+    """A failed Lease request as a WriterState a person can act on."""
+    if isinstance(exc, ApiError):
+        details = exc.body.get("details") or {}
+        if exc.status == 404 and details.get("kind") == "namespaces":
+            return WriterState(
+                "blocked",
+                "LeaseNamespaceMissing",
+                f"namespace {namespace!r} (for the Lease {namespace}/{name}) does not exist: "
+                f"create it (kubectl create namespace {namespace}) or pass --lease-namespace "
+                "(GATEWAYLB_LEASE_NAMESPACE) naming the agent's namespace",
+            )
+        if exc.status in (401, 403):
+            return WriterState(
+                "blocked",
+                "Forbidden",
+                f"the API server refused the Lease {namespace}/{name} ({exc}): grant the "
+                "agent's ServiceAccount get, create and update on "
+                f"coordination.k8s.io leases in {namespace} (deploy/daemonset/rbac.yaml)",
+            )
+    return WriterState("blocked", "LeaseUnavailable", f"Lease {namespace}/{name}: {exc}"[:300])
 
 
 class LeaseElector:
@@ -43,6 +83,17 @@ class LeaseElector:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
         self.transitions = 0
+        self._state = WriterState("starting")
+        self._holder = ""
+
+    def state(self) -> WriterState:
+        if self.is_leader():
+            return WriterState("leader")
+        if self._state.state == "blocked":
+            return self._state
+        if self._holder and self._holder != self.identity:
+            return WriterState("standby", "", f"{self._holder} holds the Lease")
+        return self._state
 
     def start(self) -> None:
         self._thread.start()
@@ -58,13 +109,9 @@ class LeaseElector:
             was = self.is_leader()
             try:
                 self.try_acquire_or_renew()
+                self._set_state(WriterState("leader" if self.is_leader() else "standby"))
             except Exception as exc:  # API down: we stop being leader when our time runs out
-                log.warning(
-                    "event=lease_failed lease=%s/%s error=%r",
-                    self.namespace,
-                    self.name,
-                    str(exc)[:200],
-                )
+                self._set_state(classify_lease_error(exc, self.namespace, self.name))
             now = self.is_leader()
             if now != was:
                 log.info(
@@ -77,6 +124,28 @@ class LeaseElector:
                 if self._on_change is not None:
                     self._on_change(now)
             self._stop.wait(self._renew)
+
+    def _set_state(self, state: WriterState) -> None:
+        """Log a change of state once: a blocked writer at error level with
+        what to do, its recovery at info level."""
+        before, self._state = self._state, state
+        if state == before:
+            return
+        if state.state == "blocked":
+            log.error(
+                "event=status_writer_blocked lease=%s/%s reason=%s detail=%r",
+                self.namespace,
+                self.name,
+                state.reason,
+                state.detail,
+            )
+        elif before.state == "blocked":
+            log.info(
+                "event=status_writer_unblocked lease=%s/%s state=%s",
+                self.namespace,
+                self.name,
+                state.state,
+            )
 
     def try_acquire_or_renew(self) -> bool:
         now = self._clock()
@@ -102,6 +171,7 @@ class LeaseElector:
         renewed = current.get("renewTime")
         duration = float(current.get("leaseDurationSeconds") or self._duration)
         expired = renewed is None or parse_micro_time(str(renewed)) + duration < now
+        self._holder = str(holder or "")
         if holder != self.identity and not expired and holder:
             self._leader_until = 0.0
             return False

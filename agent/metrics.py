@@ -120,6 +120,41 @@ class _Announcements(Collector):
             yield changes
 
 
+WriterStateSource = Callable[[], tuple[str, str]]  # (state, reason)
+CounterSource = Callable[[], int]
+
+
+class _StatusWriter(Collector):
+    """Who writes status, read at scrape time (the Lease changes hands on its own)."""
+
+    def __init__(self, source: WriterStateSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        state, reason = self._source()
+        family = GaugeMetricFamily(
+            "gatewaylb_status_writer",
+            "1 for this agent's status-writer state: leader (writes status), standby "
+            "(another agent does), blocked (nobody can: reason says why), file "
+            "(standalone, --status-file), disabled (standalone without --status-file).",
+            labels=["state", "reason"],
+        )
+        family.add_metric([state, reason], 1.0)
+        yield family
+
+
+class _KernelCounter(Collector):
+    """One counter kept in the kernel, read at scrape time."""
+
+    def __init__(self, name: str, documentation: str, source: CounterSource) -> None:
+        self._name, self._doc, self._source = name, documentation, source
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc)
+        family.add_metric([], self._source())
+        yield family
+
+
 class AgentMetrics:
     def __init__(self, *, version: str, dataplane: str, node: str) -> None:
         self.registry = CollectorRegistry()
@@ -164,6 +199,33 @@ class AgentMetrics:
             "Source documents or files that could not be used in the last sync.",
             registry=self.registry,
         )
+
+        self.rejected_objects = Gauge(
+            "gatewaylb_rejected_objects",
+            "Objects that are rejected or partly rejected (a condition says so in their "
+            "status), by kind and reason.",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+
+    def add_status_writer(self, source: WriterStateSource) -> None:
+        self.registry.register(_StatusWriter(source))
+
+    def add_unserved_packets(self, source: CounterSource) -> None:
+        self.registry.register(
+            _KernelCounter(
+                "gatewaylb_vip_unserved_packets",
+                "Packets to a VIP on a protocol and port no listener serves, refused "
+                "(TCP reset, ICMP port unreachable) instead of forwarded.",
+                source,
+            )
+        )
+
+    def set_rejected(self, counts: dict[tuple[str, str], int]) -> None:
+        """Replace the rejected-object counts (kind, reason) -> n."""
+        self.rejected_objects.clear()
+        for (kind, reason), n in sorted(counts.items()):
+            self.rejected_objects.labels(kind, reason).set(n)
 
     def add_kernel_counters(self, source: CountersSource) -> None:
         self.registry.register(_KernelCounters(source))

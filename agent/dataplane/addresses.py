@@ -1,7 +1,7 @@
-"""VIPs of L7 listeners as local addresses, so the proxy can bind them.
+"""VIPs as local addresses of the node (see `localvips` for why every VIP is).
 
-The L7 proxy (HAProxy) binds `VIP:port` directly.  For that the VIP must be a
-local address of the node: it is added as a host address (/32, /128) on `lo`
+The L7 proxy (HAProxy) binds `VIP:port` directly, and a VIP that is not local
+would be routed back out.  So each VIP is added as a host address (/32, /128) on `lo`
 (this kernel has no dummy driver; `lo` needs none), marked with its own address
 protocol (IFA_PROTO = ADDRESS_PROTO) so that this reconciler adopts and removes
 exactly the addresses it made and never one an operator or another agent put
@@ -28,8 +28,6 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.state import DesiredState
-
 ADDRESS_PROTO = 0xA7  # IFA_PROTO of our addresses (0-3 are the kernel's)
 LABEL = "lo:gatewaylb"
 IFA_F_NODAD = 0x02
@@ -39,11 +37,6 @@ IFA_F_NODAD = 0x02
 class AddressChange:
     added: tuple[str, ...]
     removed: tuple[str, ...]
-
-
-def l7_vips(state: DesiredState) -> set[str]:
-    """The VIPs the proxy binds."""
-    return {vip for listener in state.l7 for vip in listener.vips}
 
 
 class VIPAddresses:

@@ -78,7 +78,7 @@ import struct
 import tempfile
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -121,7 +121,10 @@ _OBJ_PIN: Final = 6
 _OBJ_GET: Final = 7
 _PROG_ATTACH: Final = 8
 _PROG_DETACH: Final = 9
+_PROG_GET_FD_BY_ID: Final = 13
+_MAP_GET_FD_BY_ID: Final = 14
 _OBJ_GET_INFO_BY_FD: Final = 15
+_PROG_QUERY: Final = 16
 _MAP_UPDATE_BATCH: Final = 26
 _MAP_DELETE_BATCH: Final = 27
 _F_ALLOW_MULTI: Final = 2
@@ -346,6 +349,46 @@ class _Bpf:
         cls.call(_OBJ_GET_INFO_BY_FD, attr)
         mtype, _id, ksize, vsize, max_entries = struct.unpack_from("=IIIII", info, 0)
         return mtype, ksize, vsize, max_entries
+
+    @classmethod
+    def map_name(cls, fd: int) -> tuple[int, str]:
+        """(id, name) of a map; the kernel keeps 15 characters of the name."""
+        info = ctypes.create_string_buffer(80)
+        attr = cls._attr("=IIQ", fd, ctypes.sizeof(info), ctypes.addressof(info))
+        cls.call(_OBJ_GET_INFO_BY_FD, attr)
+        map_id = struct.unpack_from("=I", info, 4)[0]
+        return map_id, info.raw[24:40].split(b"\0", 1)[0].decode(errors="replace")
+
+    @classmethod
+    def prog_info(cls, fd: int) -> tuple[int, str, tuple[int, ...]]:
+        """(id, name, ids of the maps it uses) of a program."""
+        map_ids = (ctypes.c_uint32 * 64)()
+        info = ctypes.create_string_buffer(256)
+        # bpf_prog_info: nr_map_ids at 52, map_ids (a pointer) at 56, name at 64.
+        struct.pack_into("=IQ", info, 52, 64, ctypes.addressof(map_ids))
+        attr = cls._attr("=IIQ", fd, ctypes.sizeof(info), ctypes.addressof(info))
+        cls.call(_OBJ_GET_INFO_BY_FD, attr)
+        prog_id = struct.unpack_from("=I", info, 4)[0]
+        count = min(struct.unpack_from("=I", info, 52)[0], 64)
+        name = info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+        return prog_id, name, tuple(map_ids[:count])
+
+    @classmethod
+    def prog_fd_by_id(cls, prog_id: int) -> int:
+        return cls.call(_PROG_GET_FD_BY_ID, cls._attr("=I", prog_id))
+
+    @classmethod
+    def map_fd_by_id(cls, map_id: int) -> int:
+        return cls.call(_MAP_GET_FD_BY_ID, cls._attr("=I", map_id))
+
+    @classmethod
+    def prog_query(cls, target_fd: int, attach_type: int) -> tuple[int, ...]:
+        """Ids of the programs attached to a cgroup with `attach_type`."""
+        ids = (ctypes.c_uint32 * 64)()
+        attr = cls._attr("=IIIIQI", target_fd, attach_type, 0, 0, ctypes.addressof(ids), 64)
+        cls.call(_PROG_QUERY, attr)
+        count = min(struct.unpack_from("=I", attr, 24)[0], 64)
+        return tuple(ids[:count])
 
     @classmethod
     def prog_attach(cls, target_fd: int, prog_fd: int, attach_type: int, flags: int) -> None:
@@ -1231,26 +1274,7 @@ class EbpfDataplane:
 
     def programmed(self) -> list[ProgrammedFrontend]:
         """Read back from the kernel maps (not from this object's memory)."""
-        fes: dict[int, tuple[Key, int]] = {}
-        for k, v in self.maps["frontends"].items():
-            fes[v.id] = (_key_of(k), v.reject_weight)
-        backends: dict[int, list[tuple[str, int, int]]] = {i: [] for i in fes}
-        for _bk, bv in self.maps["backends"].items():
-            if bv.frontend_id in backends:
-                backends[bv.frontend_id].append(
-                    (_unpack_addr(bv.family, bv.addr), socket.ntohs(bv.port), bv.weight)
-                )
-        out = [
-            ProgrammedFrontend(
-                vip=key[0],
-                protocol=key[1],
-                port=key[2],
-                backends=tuple(sorted(backends[fid])),
-                reject_weight=rw,
-            )
-            for fid, (key, rw) in fes.items()
-        ]
-        return sorted(out, key=lambda p: (p.vip, p.protocol, p.port))
+        return read_programmed(self.maps)
 
     def flush_flows(self) -> None:
         """Forget every tracked flow (tests: prove Maglev alone is sticky)."""
@@ -1289,3 +1313,123 @@ class EbpfDataplane:
                 (self.pin_dir / pin).unlink()
         with contextlib.suppress(OSError):
             self.pin_dir.rmdir()
+
+
+# -- reading without loading: `gatewaylb status` ----------------------------------------
+
+
+def read_programmed(maps: Mapping[str, BpfMap]) -> list[ProgrammedFrontend]:
+    """The frontends and backends the maps hold."""
+    fes: dict[int, tuple[Key, int]] = {}
+    for k, v in maps["frontends"].items():
+        fes[v.id] = (_key_of(k), v.reject_weight)
+    backends: dict[int, list[tuple[str, int, int]]] = {i: [] for i in fes}
+    for _bk, bv in maps["backends"].items():
+        if bv.frontend_id in backends:
+            backends[bv.frontend_id].append(
+                (_unpack_addr(bv.family, bv.addr), socket.ntohs(bv.port), bv.weight)
+            )
+    out = [
+        ProgrammedFrontend(
+            vip=key[0],
+            protocol=key[1],
+            port=key[2],
+            backends=tuple(sorted(backends[fid])),
+            reject_weight=rw,
+        )
+        for fid, (key, rw) in fes.items()
+    ]
+    return sorted(out, key=lambda p: (p.vip, p.protocol, p.port))
+
+
+class EbpfView:
+    """The maps of an eBPF dataplane, opened for reading only: nothing is
+    compiled, attached or written.  Found through the pins, or through the
+    maps a tc program of ours uses when the pins are out of sight (a bpf
+    filesystem private to the mount namespace of the agent that made them)."""
+
+    name = "ebpf"
+
+    def __init__(self, maps: dict[str, BpfMap], where: str) -> None:
+        self.maps = maps
+        self.where = where  # how the maps were found, for people
+
+    @classmethod
+    def from_pins(cls, pin_dir: str) -> EbpfView:
+        fds: dict[str, int] = {}
+        try:
+            for pin, *_ in MAPS.values():
+                fds[pin] = _Bpf.obj_get(str(Path(pin_dir) / pin))
+        except OSError as exc:
+            for fd in fds.values():
+                os.close(fd)
+            raise EbpfError(f"pins in {pin_dir}: {exc}") from exc
+        return cls(_typed_maps(fds), f"pins in {pin_dir}")
+
+    @classmethod
+    def from_program(cls, prog_id: int) -> EbpfView:
+        """The maps program `prog_id` (our tc ingress program) uses."""
+        pin_of = {cname[:15]: pin for cname, (pin, *_) in MAPS.items()}
+        fds: dict[str, int] = {}
+        try:
+            prog = _Bpf.prog_fd_by_id(prog_id)
+            try:
+                _id, _name, map_ids = _Bpf.prog_info(prog)
+            finally:
+                os.close(prog)
+            for map_id in map_ids:
+                fd = _Bpf.map_fd_by_id(map_id)
+                pin = pin_of.get(_Bpf.map_name(fd)[1])
+                if pin is None or pin in fds:
+                    os.close(fd)
+                else:
+                    fds[pin] = fd
+            missing = sorted(set(pin_of.values()) - set(fds) - {"maglev", "sock_rev", "sock_rev6"})
+            if missing:
+                raise EbpfError(f"program {prog_id} uses no map {', '.join(missing)}")
+        except (OSError, EbpfError) as exc:
+            for fd in fds.values():
+                os.close(fd)
+            raise EbpfError(f"maps of program {prog_id}: {exc}") from exc
+        return cls(_typed_maps(fds), f"maps of tc program {prog_id}")
+
+    def programmed(self) -> list[ProgrammedFrontend]:
+        return read_programmed(self.maps)
+
+    def read_counters(self) -> list[FrontendCounters]:
+        fe_stats, be_stats = self.maps["fe_stats"], self.maps["be_stats"]
+        keys = {v.id: _key_of(k) for k, v in self.maps["frontends"].items()}
+        conns: dict[int, dict[tuple[str, int], int]] = {fid: {} for fid in keys}
+        for bk, bv in self.maps["backends"].items():
+            if bv.frontend_id in conns:
+                flows = sum(c.flows for c in be_stats.get_percpu(ctypes.c_uint32(bk.value)))
+                ipp = (_unpack_addr(bv.family, bv.addr), socket.ntohs(bv.port))
+                conns[bv.frontend_id][ipp] = flows
+        out: list[FrontendCounters] = []
+        for fid, key in sorted(keys.items(), key=lambda item: item[1]):
+            per_cpu = fe_stats.get_percpu(ctypes.c_uint32(fid))
+            out.append(
+                FrontendCounters(
+                    vip=key[0],
+                    protocol=key[1],
+                    port=key[2],
+                    packets=sum(c.packets for c in per_cpu),
+                    bytes=sum(c.bytes for c in per_cpu),
+                    backend_connections=conns[fid],
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+
+def _typed_maps(fds: Mapping[str, int]) -> dict[str, BpfMap]:
+    ncpu = possible_cpus()
+    by_pin = {pin: (cname, key_t, value_t) for cname, (pin, key_t, value_t) in MAPS.items()}
+    out: dict[str, BpfMap] = {}
+    for pin, fd in fds.items():
+        cname, key_t, value_t = by_pin[pin]
+        out[pin] = BpfMap(pin, fd, key_t, value_t, ncpu if cname.endswith("_stats") else 0)
+    return out

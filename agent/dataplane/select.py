@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import logging
 import os
 import platform
@@ -50,6 +51,29 @@ def ensure_bpffs(pin_dir: str) -> None:
             f"cannot mount the bpf filesystem on {BPF_FS}: {os.strerror(err)}"
         )
     log.info("event=bpffs_mounted path=%s", BPF_FS)
+    if private_mount_namespace():
+        log.warning(
+            "event=bpffs_private path=%s pin_dir=%s problem=%r fix=%r",
+            BPF_FS,
+            pin_dir,
+            "this bpf filesystem lives in this agent's own mount namespace (ip netns exec, "
+            "unshare): its pins vanish when the agent exits, so a restarted agent cannot adopt "
+            "the maps and established flows lose their state; `gatewaylb status` and `cleanup` "
+            "still find the programs through their tc filters",
+            "mount a bpf filesystem every run shares before entering the namespace, e.g. "
+            "`mkdir -p /run/gatewaylb/bpf && mount -t bpf bpf /run/gatewaylb/bpf`, and pass "
+            "--bpf-pin-dir /run/gatewaylb/bpf/gatewaylb",
+        )
+
+
+def private_mount_namespace() -> bool:
+    """True when this process is in a mount namespace other than init's, so a
+    file system it mounts is seen by nobody else (`ip netns exec` makes one,
+    with propagation from the host only)."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:  # /proc/1 of another pid namespace, or no permission: unknown
+        return False
 
 
 def cgroup2_root() -> str | None:
@@ -134,32 +158,30 @@ def open_dataplane(mode: str, options: DataplaneOptions = DataplaneOptions()) ->
         raise DataplaneUnavailable(f"dataplane ebpf: {exc}") from exc
 
 
-def programmed_dataplane(options: DataplaneOptions = DataplaneOptions()) -> Dataplane:
-    """The dataplane whose state is in the kernel now, opened for reading."""
-    if Path(options.bpf_pin_dir).is_dir() and _ebpf_problem() is None:
-        from agent.dataplane.ebpf import EbpfDataplane
-
-        # No interfaces and no cgroup: adopt the maps, attach nothing new.
-        return EbpfDataplane(interfaces=(), pin_dir=options.bpf_pin_dir, cgroup_path=None)
-    from agent.dataplane.nftables import NftablesDataplane
-
-    return NftablesDataplane()
-
-
 def cleanup_all(options: DataplaneOptions = DataplaneOptions()) -> list[str]:
-    """Remove what either dataplane left in the kernel; safe to run twice."""
-    removed: list[str] = []
-    from agent.dataplane.nftables import NftablesDataplane
+    """Remove what any earlier run left in this network namespace's kernel,
+    whichever dataplane, interfaces and pin directory it used (found by name
+    in the kernel: see `inventory`); one line per thing removed.  Safe to run
+    twice.  A cgroup named in `options.cgroup_path` is taken as ours whole:
+    every glb_* program attached to it is detached."""
+    from agent.dataplane import inventory
 
-    NftablesDataplane().cleanup()
-    removed.append("nftables tables of gatewaylb")
-    if Path(options.bpf_pin_dir).is_dir() and _ebpf_problem() is None:
-        from agent.dataplane.ebpf import EbpfDataplane
-
-        interfaces = options.interfaces or default_interfaces()
-        EbpfDataplane(
-            interfaces=interfaces, pin_dir=options.bpf_pin_dir, cgroup_path=options.cgroup_path
-        ).cleanup()
-        where = ", ".join(interfaces) or "no interface"
-        removed.append(f"eBPF programs on {where} and pins in {options.bpf_pin_dir}")
+    found = inventory.scan(pin_dirs=[options.bpf_pin_dir])
+    if options.cgroup_path:
+        claimed = [c for c in found.foreign_cgroup if c.cgroup == options.cgroup_path]
+        found = dataclasses.replace(
+            found,
+            cgroup=found.cgroup + tuple(claimed),
+            foreign_cgroup=tuple(c for c in found.foreign_cgroup if c not in claimed),
+        )
+    removed = inventory.remove(found)
+    for c in found.foreign_cgroup:
+        log.warning(
+            "event=cgroup_program_kept cgroup=%s program=%s id=%d reason=%r",
+            c.cgroup,
+            c.name,
+            c.prog_id,
+            "uses no map of a run seen in this network namespace (another namespace's "
+            "agent?); pass --cgroup-path to remove it",
+        )
     return removed

@@ -7,6 +7,10 @@ translate core ever sees.  Sources (files, Kubernetes) only produce snapshots.
 An object whose identity can be read but whose spec is malformed becomes an
 `InvalidObject`: it is kept so that translate can give it a status naming the
 bad field, instead of it silently vanishing.
+
+Where no API server validated the documents (manifest files), the builder can
+also warn about fields and kinds the API server would have rejected
+(`check_fields`); such warnings never change what is parsed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from agent.model.gateway import (
     parse_gateway_class,
     parse_reference_grant,
 )
+from agent.model.known import unknown_fields, unknown_kind_problem
 from agent.model.meta import GATEWAY_GROUP, ObjectMeta, parse_meta
 from agent.model.routes import (
     GRPC_ROUTE,
@@ -86,7 +91,8 @@ class InvalidObject:
 
 @dataclass(frozen=True, slots=True)
 class LoadProblem:
-    """A document that could not be used at all (not even its name)."""
+    """A document that could not be used at all (not even its name), or, among
+    a Snapshot's warnings, a flaw that did not stop it from being used."""
 
     source: str
     message: str
@@ -126,6 +132,8 @@ class Snapshot:
     configs: tuple[GatewayLBConfig, ...] = ()
     invalid: tuple[InvalidObject, ...] = ()
     problems: tuple[LoadProblem, ...] = ()
+    # Unknown fields and kinds (manifest files only): the objects are used as written.
+    warnings: tuple[LoadProblem, ...] = ()
 
 
 _SPEC_PARSERS: dict[str, Callable[[Fields, ObjectMeta], Any]] = {
@@ -216,12 +224,51 @@ def _best_effort_parent_refs(spec: dict[str, Any]) -> tuple[ParentReference, ...
     return tuple(dict.fromkeys(out))
 
 
+def _best_effort_name(kind: str, doc: dict[str, Any]) -> str:
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return kind
+    namespace = meta.get("namespace")
+    prefix = f"{namespace}/" if isinstance(namespace, str) else ""
+    return f"{kind} {prefix}{meta['name']}"
+
+
+def field_warnings(
+    doc: object, source: str, parsed: Parsed | LoadProblem | None
+) -> list[LoadProblem]:
+    """What strict validation by an API server would have said of one document
+    that `parse_object` turned into `parsed`: its unknown kind or fields."""
+    if not isinstance(doc, dict):
+        return []
+    kind, api_version = doc.get("kind"), doc.get("apiVersion")
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return []
+    if parsed is None:
+        problem = unknown_kind_problem(kind, api_version, SERVED_VERSIONS)
+        return [LoadProblem(source, problem)] if problem else []
+    unknown = unknown_fields(doc, kind, api_version)
+    if not unknown:
+        return []
+    if isinstance(parsed, LoadProblem):
+        name = _best_effort_name(kind, doc)
+    else:
+        name = _describe(kind, parsed.meta)
+    return [LoadProblem(source, f"{name}: {u}") for u in unknown]
+
+
 @dataclass
 class SnapshotBuilder:
-    """Collects parsed objects; the first definition of a name wins."""
+    """Collects parsed objects; the first definition of a name wins.
 
+    With `check_fields`, documents added with `add_documents` are also checked
+    for unknown kinds and fields, as `kubectl --validate=strict` would: worth it
+    only where no API server has pruned them already.
+    """
+
+    check_fields: bool = False
     _objects: dict[tuple[str, str, str], Parsed] = field(default_factory=dict)
     _problems: list[LoadProblem] = field(default_factory=list)
+    _warnings: list[LoadProblem] = field(default_factory=list)
 
     def add(self, item: Parsed | LoadProblem | None) -> None:
         if item is None:
@@ -242,7 +289,10 @@ class SnapshotBuilder:
 
     def add_documents(self, docs: Iterable[tuple[object, str]]) -> None:
         for doc, source in docs:
-            self.add(parse_object(doc, source))
+            parsed = parse_object(doc, source)
+            if self.check_fields:
+                self._warnings.extend(field_warnings(doc, source, parsed))
+            self.add(parsed)
 
     def build(self) -> Snapshot:
         buckets: dict[type, list[Any]] = {}
@@ -267,11 +317,12 @@ class SnapshotBuilder:
             configs=of(GatewayLBConfig),
             invalid=of(InvalidObject),
             problems=tuple(self._problems),
+            warnings=tuple(self._warnings),
         )
 
 
-def build_snapshot(docs: Iterable[tuple[object, str]]) -> Snapshot:
+def build_snapshot(docs: Iterable[tuple[object, str]], *, check_fields: bool = False) -> Snapshot:
     with gc_paused():
-        builder = SnapshotBuilder()
+        builder = SnapshotBuilder(check_fields=check_fields)
         builder.add_documents(docs)
         return builder.build()

@@ -5,6 +5,8 @@ JSON objects or arrays, and `kind: List` wrappers), remembering where each
 document starts so that messages read FILE:LINE.  `ManifestDirectory` keeps the
 last good parse of every file: a file that is half-saved or broken is reported
 and its previous content stays in force, so a typo never removes working VIPs.
+No API server validated these files, so unknown kinds and fields are warned
+about (Snapshot.warnings), as `kubectl --validate=strict` would.
 
 Knows nothing of the kernel or of Gateway API semantics.
 """
@@ -130,7 +132,7 @@ def load_directory(directory: Path) -> Snapshot:
     """One strict read: raises ManifestError on the first unreadable file."""
     if not directory.is_dir():
         raise ManifestError(str(directory), None, "not a directory")
-    builder = SnapshotBuilder()
+    builder = SnapshotBuilder(check_fields=True)
     for path in manifest_files(directory):
         builder.add_documents(read_file(path))
     return builder.build()
@@ -179,7 +181,7 @@ class ManifestDirectory:
             changed = True
         if self._snapshot is not None and not changed:
             return self._snapshot
-        builder = SnapshotBuilder()
+        builder = SnapshotBuilder(check_fields=True)
         for path in sorted(self._files):
             builder.add_documents(self._files[path].docs)
         self._snapshot = builder.build()
@@ -201,8 +203,10 @@ class FileSource:
 
     def snapshot(self) -> Snapshot:
         snapshot = self._directory.scan()
-        self._last_errors = [str(e) for e in self._directory.errors] + [
-            str(p) for p in snapshot.problems
+        self._last_errors = [
+            *(str(e) for e in self._directory.errors),
+            *(str(p) for p in snapshot.problems),
+            *(str(w) for w in snapshot.warnings),
         ]
         return snapshot
 

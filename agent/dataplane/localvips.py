@@ -1,0 +1,180 @@
+"""Every VIP local to the node, and what no listener serves refused, never forwarded.
+
+A VIP that is not a local address gets routed like any other destination: with
+`--announce bgp` the router sends a packet for a VIP port without a listener
+to this node, which sends it back to the router, until its TTL runs out; with
+`--announce l2` the owner sends it back onto the LAN with ICMP redirects.  So,
+as kube-proxy's IPVS mode does with its dummy interface, every VIP (L4 and L7
+alike) is a host address on `lo` (`VIPAddresses`).
+
+Local is not enough: a process listening on 0.0.0.0 (sshd, the kubelet, this
+agent's metrics port) would then answer on every VIP.  So `VIPGuard` refuses,
+before the DNAT of either dataplane and before local delivery, every new TCP
+or UDP flow to a VIP on a (protocol, port) that no listener serves: a TCP
+reset or an ICMP port unreachable, counted in the named counter `unserved`
+(`gatewaylb_vip_unserved_packets_total`).  Other protocols (ICMP echo) reach
+the node as they would any local address.
+
+Owns `table inet gatewaylb_vips`: sets `vips4`/`vips6` (the VIPs) and
+`served4`/`served6` (vip . l4proto . port of every L4 frontend and L7
+listener), the counter, and one base chain at prerouting priority -150 (after
+conntrack, so only new flows are refused; before DNAT at -100, so the VIP is
+still the destination).  Every change is one nft transaction that rewrites the
+sets whole.  It never touches another table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agent.dataplane.addresses import VIPAddresses
+from agent.state import TCP, DesiredState
+
+log = logging.getLogger(__name__)
+
+TABLE: Final = "gatewaylb_vips"
+PRIORITY: Final = -150
+
+ServedKey = tuple[str, str, int]  # (vip, "tcp" | "udp", port)
+
+
+class GuardError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVIPsState:
+    vips: frozenset[str]
+    served: frozenset[ServedKey]
+
+
+def local_vips_state(desired: DesiredState) -> LocalVIPsState:
+    """The VIPs and the (vip, protocol, port) keys their listeners serve."""
+    vips = {_canonical(v) for v in desired.vips}
+    served = {(_canonical(f.vip), f.protocol, f.port) for f in desired.l4}
+    for listener in desired.l7:
+        for vip in listener.vips:
+            served.add((_canonical(vip), TCP, listener.port))
+    vips.update(v for v, _, _ in served)
+    return LocalVIPsState(frozenset(vips), frozenset(served))
+
+
+def _canonical(ip: str) -> str:
+    return str(ipaddress.ip_address(ip))
+
+
+def _family(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def render_guard(state: LocalVIPsState) -> str:
+    """One nft script: the table (created if missing), its sets rewritten whole
+    and its chain's rules rewritten, as one transaction."""
+    t = f"inet {TABLE}"
+    lines = [
+        f"add table {t}",
+        f"add set {t} vips4 {{ type ipv4_addr; }}",
+        f"add set {t} vips6 {{ type ipv6_addr; }}",
+        f"add set {t} served4 {{ type ipv4_addr . inet_proto . inet_service; }}",
+        f"add set {t} served6 {{ type ipv6_addr . inet_proto . inet_service; }}",
+        f"add counter {t} unserved",
+        f"add chain {t} prerouting "
+        f"{{ type filter hook prerouting priority {PRIORITY}; policy accept; }}",
+        f"flush chain {t} prerouting",
+    ]
+    for s in ("vips4", "vips6", "served4", "served6"):
+        lines.append(f"flush set {t} {s}")
+    for family, ip in ((4, "ip"), (6, "ip6")):
+        for proto, verdict in (("tcp", "reject with tcp reset"), ("udp", "reject")):
+            lines.append(
+                f"add rule {t} prerouting meta l4proto {proto} {ip} daddr @vips{family} "
+                f"{ip} daddr . meta l4proto . th dport != @served{family} "
+                f'ct state new counter name "unserved" {verdict}'
+            )
+        vips = sorted((v for v in state.vips if _family(v) == family), key=_sort_ip)
+        if vips:
+            lines.append(f"add element {t} vips{family} {{ {', '.join(vips)} }}")
+        served = sorted(
+            (k for k in state.served if _family(k[0]) == family),
+            key=lambda k: (_sort_ip(k[0]), k[1], k[2]),
+        )
+        if served:
+            elems = ", ".join(f"{vip} . {proto} . {port}" for vip, proto, port in served)
+            lines.append(f"add element {t} served{family} {{ {elems} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _sort_ip(ip: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(ip)
+    return (addr.version, int(addr))
+
+
+class VIPGuard:
+    """The guard table in the network namespace of the constructing thread."""
+
+    def __init__(self) -> None:
+        import nftables  # untyped binding
+
+        self._nft: Any = nftables.Nftables()
+        self._applied: LocalVIPsState | None = None
+
+    def _cmd(self, script: str) -> str:
+        rc, output, error = self._nft.cmd(script)
+        if rc != 0:
+            raise GuardError(f"nftables: {str(error).strip()}")
+        return str(output)
+
+    def apply(self, state: LocalVIPsState) -> bool:
+        """Make the table say `state`; False when it already did (no write)."""
+        if state == self._applied:
+            return False
+        self._cmd(render_guard(state))
+        self._applied = state
+        return True
+
+    def unserved_packets(self) -> int:
+        """Packets refused so far (0 when the table is absent)."""
+        self._nft.set_json_output(True)
+        try:
+            rc, output, _error = self._nft.cmd(f"list counter inet {TABLE} unserved")
+        finally:
+            self._nft.set_json_output(False)
+        if rc != 0:
+            return 0
+        for item in json.loads(output).get("nftables", []):
+            counter = item.get("counter")
+            if counter is not None:
+                return int(counter.get("packets", 0))
+        return 0
+
+    def cleanup(self) -> None:
+        self._nft.cmd(f"delete table inet {TABLE}")
+        self._applied = None
+
+
+class LocalVIPs:
+    """VIP host addresses and the guard, in the order binds need: addresses
+    are added before the proxy binds them (`grow`) and removed, with the guard
+    brought to the new state, once nothing binds them any more (`settle`)."""
+
+    name = "local-vips"
+
+    def __init__(self, addresses: VIPAddresses, guard: VIPGuard) -> None:
+        self.addresses = addresses
+        self.guard = guard
+
+    def grow(self, desired: DesiredState) -> None:
+        self.addresses.reconcile(local_vips_state(desired).vips, remove=False)
+
+    def settle(self, desired: DesiredState) -> None:
+        state = local_vips_state(desired)
+        self.guard.apply(state)
+        self.addresses.reconcile(state.vips)
+
+    def cleanup(self) -> tuple[str, ...]:
+        self.guard.cleanup()
+        return self.addresses.cleanup()
