@@ -274,12 +274,16 @@ def run_command(
         )
         kube = KubeSource(client)
         namespace = _lease_namespace(lease_namespace)
-        elector = LeaseElector(client, namespace=namespace, identity=node_name)
+        elector = LeaseElector(
+            client,
+            namespace=namespace,
+            identity=node_name,
+            on_change=lambda leader: agent.rewrite_status() if leader else None,
+        )
         metrics.add_status_writer(_writer_state(elector))
         writers.append(KubeStatusWriter(client, kube, controller_name, is_leader=elector.is_leader))
         events = EventRecorder(client, node=node_name, controller=controller_name)
         kube.start()
-        elector.start()
         source, where = kube, client.host
     agent = Agent(
         source=source,
@@ -300,6 +304,8 @@ def run_command(
         prior_addresses=addresses_from_status_file(status_file) if status_file else None,
     )
     server = HealthServer(metrics_address, metrics, lambda: agent.ready)
+    if elector is not None:  # started once its on_change has an agent to call
+        elector.start()
     server.start()
     log.info(
         "event=start version=%s node=%s dataplane=%s source=%s metrics=%s",

@@ -95,6 +95,8 @@ class Agent:
         self._status_pending: tuple[Snapshot, Translation] | None = None
         self._inline_status_cost = 0.0  # seconds the first sync spent writing status
         self._status_ready = asyncio.Event()
+        self._last_status: tuple[Snapshot, Translation] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_sync_cost = 0.0
         self._last_sync_end = 0.0
         self._storm = False
@@ -138,8 +140,20 @@ class Agent:
         self._stop.set()
         self._dirty.set()
 
+    def rewrite_status(self) -> None:
+        """Write the latest status again (thread-safe): a status writer that
+        just became leader writes what its predecessor may not have."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._requeue_status)
+
+    def _requeue_status(self) -> None:
+        if self._status_pending is None and self._last_status is not None:
+            self._status_pending = self._last_status
+            self._status_ready.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Fails outside the main thread (tests); stop() still works there.
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -399,6 +413,7 @@ class Agent:
                 )
 
     async def _write_status(self, snapshot: Snapshot, result: Translation) -> None:
+        self._last_status = (snapshot, result)
         for writer in self._status_writers:
             try:
                 await asyncio.to_thread(writer.write, snapshot, result)

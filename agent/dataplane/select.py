@@ -67,13 +67,26 @@ def ensure_bpffs(pin_dir: str) -> None:
 
 
 def private_mount_namespace() -> bool:
-    """True when this process is in a mount namespace other than init's, so a
-    file system it mounts is seen by nobody else (`ip netns exec` makes one,
-    with propagation from the host only)."""
+    """True when this process is in another mount namespace than one of its
+    ancestors (`ip netns exec` and `unshare -m` make one for the command they
+    run), so a file system it mounts is not seen by the shell that started it
+    nor by a later `gatewaylb status`.  Ancestors whose namespace cannot be
+    read (another user namespace) are skipped."""
     try:
-        return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
-    except OSError:  # /proc/1 of another pid namespace, or no permission: unknown
+        own = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
         return False
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own:
+                return True
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        ppid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), "0")
+        pid = int(ppid)
+    return False
 
 
 def cgroup2_root() -> str | None:

@@ -208,15 +208,54 @@ def unknown_fields(
     node = _known().nodes.get((kind, api_version))
     if node is None or not isinstance(doc, Mapping):
         return []
+    # This runs on every document of a manifest directory: the common case, an
+    # object without unknown fields, takes one walk that allocates nothing.
+    if _clean(doc, node, MAX_ELEMENTS) >= 0:
+        return []
     walk = _Walk(limit)
     walk.visit(doc, node)
     return walk.found
 
 
+def _clean(value: Mapping[Any, object], node: _Node, budget: int) -> int:
+    """The budget left after checking `value`; negative at the first unknown
+    field, or when the budget runs out (then `_Walk` finds what there is)."""
+    if not value.keys() <= node.names:
+        return -1
+    children = node.children
+    if not children:
+        return budget
+    for key, child in value.items():
+        sub = children.get(key)
+        if sub is None:
+            continue
+        if type(child) is dict:
+            if sub.children:
+                budget = _clean(child, sub, budget)
+                if budget < 0:
+                    return budget
+            elif not child.keys() <= sub.names:
+                return -1
+        elif type(child) is list:
+            budget -= len(child)
+            if budget < 0:
+                return budget
+            if sub.children:
+                for item in child:
+                    if type(item) is dict:
+                        budget = _clean(item, sub, budget)
+                        if budget < 0:
+                            return budget
+            else:
+                names = sub.names
+                for item in child:
+                    if type(item) is dict and not item.keys() <= names:
+                        return -1
+    return budget
+
+
 class _Walk:
-    """One object's walk.  It runs on every document of a manifest directory,
-    so the common case (an object with no unknown field) is kept to a subset
-    test per object and no call for objects that have no object fields."""
+    """One object's walk that names its unknown fields, in document order."""
 
     __slots__ = ("budget", "found", "limit", "trail")
 

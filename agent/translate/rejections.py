@@ -43,7 +43,7 @@ class Rejection:
     name: str
     source: str  # FILE:LINE of the manifest, "" for objects from the API server
     where: str  # "" (the object), "listener NAME", "parentRef ns/name[/section]"
-    condition: str  # "Accepted=False", or several: "Accepted=False, Programmed=False"
+    condition: str  # "Accepted=False", or several: "Accepted=False,Programmed=False"
     reason: str
     message: str
 
@@ -97,6 +97,8 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
     out: list[Rejection] = []
     for obj in report.objects:
         source = sources.get((obj.kind, obj.namespace, obj.name), "")
+        if source.startswith(f"{obj.kind} "):
+            source = ""  # from the API server: the source only names the object again
         parts: list[tuple[str, tuple[Condition, ...]]] = []
         status = obj.status
         if isinstance(status, GatewayClassStatus):
@@ -119,7 +121,7 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
                     obj.name,
                     source,
                     where,
-                    ", ".join(states),
+                    ",".join(states),
                     reason,
                     message,
                 )

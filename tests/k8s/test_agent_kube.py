@@ -141,12 +141,27 @@ def l4_route(
 class KubeAgent:
     """`gatewaylb run --kubeconfig` as the DaemonSet's ServiceAccount, in a lab node."""
 
-    def __init__(self, cp: ControlPlane, lab: Lab, tmp: Path, node: str, metrics_port: int) -> None:
+    def __init__(
+        self,
+        cp: ControlPlane,
+        lab: Lab,
+        tmp: Path,
+        node: str,
+        metrics_port: int,
+        *,
+        admin: bool = False,
+        lease_namespace: str = NS,
+    ) -> None:
         self.cp, self.lab, self.node = cp, lab, node
         self.metrics = f"127.0.0.1:{metrics_port}"
+        self.lease_namespace = lease_namespace
         self.relay = LoopbackRelay(lab, lambda: cp.port)
-        token = cp.token_for(NS, "gatewaylb")
-        config = json.loads(cp.kubeconfig_for_token(token, tmp / f"{node}.kubeconfig").read_text())
+        if admin:
+            config = json.loads(cp.kubeconfig.read_text())
+        else:
+            token = cp.token_for(NS, "gatewaylb")
+            path = cp.kubeconfig_for_token(token, tmp / f"{node}.kubeconfig")
+            config = json.loads(path.read_text())
         config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.relay.port}"
         self.kubeconfig = tmp / f"{node}.kubeconfig"
         self.kubeconfig.write_text(json.dumps(config))
@@ -159,7 +174,7 @@ class KubeAgent:
             sys.executable, "-m", "agent", "run",
             "--kubeconfig", str(self.kubeconfig),
             "--node-name", self.node,
-            "--namespace", NS,
+            "--lease-namespace", self.lease_namespace,
             "--dataplane", "nftables",
             "--metrics-address", self.metrics,
             "--run-dir", str(self.run_dir),
@@ -633,3 +648,68 @@ def test_gateway_without_address_gets_one_from_the_pool_and_keeps_it_across_rest
     wait_for(lambda: lab.call(lab.client, ask_tcp, a[0], 7000) == "be1", 20)
     for name in ("pool-a", "pool-b", "pool-c", "pool-d"):
         cp.request("DELETE", f"/apis/{GW}/namespaces/{APP}/gateways/{name}")
+
+
+def test_without_its_lease_namespace_the_agent_serves_and_says_once_why_nobody_writes_status(
+    setup: ControlPlane, lab: Lab, tmp_path: Path
+) -> None:
+    cp = setup
+    lease_ns = "glb-lease-later"
+    vip = vip4(40)
+    gw = gateway()
+    gw["metadata"]["name"] = "lease-probe"
+    gw["spec"]["addresses"] = [{"value": vip}]
+    gw["spec"]["listeners"] = [{"name": "tcp", "protocol": "TCP", "port": 80}]
+    route = l4_route("TCPRoute", "lease-probe", "tcp", "blue")
+    route["spec"]["parentRefs"] = [{"name": "lease-probe", "sectionName": "tcp"}]
+    for obj in (service("blue"), slice_("blue", [lab.backends[0].ip4]), gw, route):
+        cp.apply(obj)
+    gw_path = f"/apis/{GW}/namespaces/{APP}/gateways/lease-probe"
+    agent = KubeAgent(cp, lab, tmp_path, "node-l", 19473, admin=True, lease_namespace=lease_ns)
+    try:
+        agent.start()
+        wait_for(lambda: lab.call(lab.client, ask_tcp, vip, 80) == "be1", 20)
+
+        def metrics() -> str:
+            def fetch() -> str:
+                with urllib.request.urlopen(f"http://{agent.metrics}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+
+            return str(lab.call(lab.node, fetch))
+
+        blocked = 'gatewaylb_status_writer{reason="LeaseNamespaceMissing",state="blocked"} 1.0'
+        wait_for(lambda: blocked in metrics(), 20)
+        time.sleep(11)  # two more renew periods: still said once
+        said = [ln for ln in agent.log.read_text().splitlines() if "status_writer_blocked" in ln]
+        print("\n" + "\n".join(said))
+        assert len(said) == 1 and "level=error" in said[0], said
+        assert f"kubectl create namespace {lease_ns}" in said[0]
+        assert "--lease-namespace" in said[0]
+        assert "conditions" not in (get(cp, gw_path).get("status") or {}) or all(
+            c["reason"] == "Pending" for c in get(cp, gw_path)["status"]["conditions"]
+        )
+        shown = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{lab.node.ns}", "--", sys.executable, "-m", "agent",
+             "status", "--metrics-address", agent.metrics],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "status writer: blocked (LeaseNamespaceMissing)" in shown.stdout, shown.stdout
+
+        cp.ensure_namespace(lease_ns)
+        wait_for(
+            lambda: (
+                condition(
+                    (get(cp, gw_path).get("status") or {}).get("conditions")
+                    or [{"type": "Programmed", "status": "", "reason": ""}],
+                    "Programmed",
+                )
+                == ("True", "Programmed")
+            ),
+            30,
+        )
+        assert "event=status_writer_unblocked" in agent.log.read_text()
+        assert 'gatewaylb_status_writer{reason="",state="leader"} 1.0' in metrics()
+    finally:
+        agent.close()
+        for path in (gw_path, f"/apis/{GW}/namespaces/{APP}/tcproutes/lease-probe"):
+            cp.request("DELETE", path)
