@@ -253,20 +253,41 @@ def _pinned_program_ids(pin_dirs: Iterable[str]) -> set[int]:
     return ids
 
 
+def _pinned_map_id(directory: str) -> int | None:
+    try:
+        fd = _Bpf.obj_get(str(Path(directory) / "frontends"))
+    except OSError:
+        return None
+    try:
+        return _Bpf.map_name(fd)[0]
+    finally:
+        os.close(fd)
+
+
 def scan(pin_dirs: Iterable[str] = (), cgroup_roots: Iterable[str] | None = None) -> Inventory:
-    """Everything of ours this process can see.  `cgroup_roots` defaults to
-    every mounted cgroup v2 hierarchy; a cgroup program counts as ours when it
-    shares its maps with a tc program found here or is pinned in a pin
-    directory found here."""
+    """Everything of ours this process can see.
+
+    Pins and cgroups are shared by every network namespace on the node, so
+    they count as ours only when they belong to a run seen here: a pin
+    directory whose maps a tc program of this namespace uses, a cgroup
+    program that uses those maps or is pinned there.  With no tc program
+    here, the named `pin_dirs` are taken as ours (what a run left when its
+    filters are already gone).  `cgroup_roots` defaults to every mounted
+    cgroup v2 hierarchy."""
     tc = find_tc_programs()
-    pins = find_pin_dirs(pin_dirs)
-    roots = cgroup2_mounts() if cgroup_roots is None else list(cgroup_roots)
-    cgroup = find_cgroup_programs(roots)
     our_maps: set[int] = set()
     for t in tc:
         info = _prog_info(t.prog_id)
         if info is not None:
             our_maps.update(info[1])
+    named = {str(Path(p)) for p in pin_dirs}
+    pins = [
+        d
+        for d in find_pin_dirs(pin_dirs)
+        if (_pinned_map_id(d) in our_maps) or (not tc and d in named)
+    ]
+    roots = cgroup2_mounts() if cgroup_roots is None else list(cgroup_roots)
+    cgroup = find_cgroup_programs(roots)
     pinned = _pinned_program_ids(pins)
     ours = [c for c in cgroup if c.prog_id in pinned or our_maps.intersection(c.map_ids)]
     foreign = [c for c in cgroup if c not in ours]
@@ -280,16 +301,17 @@ def scan(pin_dirs: Iterable[str] = (), cgroup_roots: Iterable[str] | None = None
 
 
 def open_ebpf_view(inventory: Inventory) -> EbpfView | None:
-    """The maps of the eBPF dataplane this network namespace runs: through the
-    pins when they are visible here, else through the attached tc program."""
+    """The maps of the eBPF dataplane this network namespace runs: those its
+    tc program uses, else (no program attached) those pinned in a pin
+    directory found here."""
+    prog = inventory.ingress_program
+    if prog:
+        return EbpfView.from_program(prog)
     for directory in inventory.pin_dirs:
         try:
             return EbpfView.from_pins(directory)
         except EbpfError as exc:
             log.debug("event=pins_unreadable dir=%s error=%s", directory, exc)
-    prog = inventory.ingress_program
-    if prog:
-        return EbpfView.from_program(prog)
     return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import nftables
 import pytest
 
+from agent.dataplane.inventory import cgroup2_mounts, find_cgroup_programs
 from agent.lab import Lab
 from agent.lab.netns import exec_argv
 from tests.e2e.test_agent import (
@@ -329,3 +331,53 @@ def test_rejected_objects_and_typos_are_logged_once_and_counted(lab: Lab, tmp_pa
     finally:
         agent.stop()
         gatewaylb(lab, "cleanup", "--run-dir", str(tmp_path / "run"))
+
+
+def test_cleanup_without_flags_removes_a_run_with_pins_and_cgroup_hooks_elsewhere(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A run with its own pin directory and cgroup, killed: `status` and
+    `cleanup` with no flags find both through the tc program's maps."""
+    roots = cgroup2_mounts()
+    if not roots:
+        pytest.fail("no cgroup v2 hierarchy mounted: the socket hooks cannot be tested")
+    cgroup = Path(roots[0]) / f"{lab.prefix}cgroup"
+    cgroup.mkdir()
+    bpffs = tmp_path / "bpffs"
+    bpffs.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    basic_manifests(manifests, lab)
+    try:
+        pins = bpffs / "elsewhere"
+        plane = Plane("ebpf", None)
+        plane.args = lambda: [  # type: ignore[method-assign]
+            "--dataplane", "ebpf", "--bpf-pin-dir", str(pins), "--cgroup-path", str(cgroup),
+        ]  # fmt: skip
+        agent = AgentProcess(lab, plane, manifests, tmp_path / "status.json", tmp_path / "a.log")
+        agent.start()
+        assert lab.call(lab.client, tcp_ask, VIP, 80) in {"be1", "be2"}
+        assert len(find_cgroup_programs([str(cgroup)])) == 8
+        agent.stop(signal.SIGKILL)
+
+        shown = gatewaylb(lab, "status", "-o", "json", "--metrics-address", METRICS)
+        doc = json.loads(shown.stdout)
+        assert doc["dataplane"] == "ebpf" and len(doc["frontends"]) == 2, doc
+        assert doc["kernel"]["pin_dirs"] == [str(pins)]
+        assert len(doc["kernel"]["cgroup"]) == 8
+
+        done = gatewaylb(lab, "cleanup", "--run-dir", str(tmp_path / "run"))
+        print(done.stdout)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("removed: cgroup program glb_") == 8
+        assert f"removed: pinned maps in {pins}" in done.stdout
+        assert find_cgroup_programs([str(cgroup)]) == []
+        assert not pins.exists()
+        assert our_tc_filters(lab) == [] and nft_tables(lab) == []
+        again = gatewaylb(lab, "cleanup", "--run-dir", str(tmp_path / "run"))
+        assert again.returncode == 0 and "nothing of gatewaylb's" in again.stdout
+    finally:
+        gatewaylb(lab, "cleanup", "--cgroup-path", str(cgroup), "--bpf-pin-dir", str(pins))
+        subprocess.run(["umount", str(bpffs)], check=False)
+        cgroup.rmdir()
