@@ -49,6 +49,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any
 
 # Short timeout: the tests poll until an announcement moved.
 tcp_ask = functools.partial(ask_tcp, port=PORT, timeout=0.3)
+UNSERVED = "error:ConnectionRefusedError"
 
 
 def manifests(
@@ -204,6 +205,8 @@ def test_l2_one_node_answers_for_a_pool_vip_and_another_takes_over_when_it_dies(
     )
     owner_role = answer.split("@")[1]
     assert neighbour_mac(fabric, vip) == node_mac(owner_role)
+    # A port without a listener is refused by the owner, not sent back onto the LAN.
+    assert fabric.call(fabric.client, ask_tcp, vip, PORT + 1, 1.0) == UNSERVED
     # Every VIP has exactly one owner: the nodes' counts add up to the VIPs.
     announced = [metric(a.metrics(), "gatewaylb_announced_vips") for a in agents]
     assert sum(announced) == len(vips), announced
@@ -255,7 +258,7 @@ def router_next_hops(fabric: Fabric, vip: str) -> set[str]:
     return set(re.findall(r"via (\S+)", out))
 
 
-def tcp_from(vip: str, sport: int) -> str:
+def tcp_from(vip: str, sport: int, port: int = PORT) -> str:
     """Ask over a fixed 5-tuple; close with RST so the tuple is free again."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -263,7 +266,7 @@ def tcp_from(vip: str, sport: int) -> str:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.settimeout(1)
             s.bind(("", sport))
-            s.connect((vip, PORT))
+            s.connect((vip, port))
             s.sendall(b"hi\n")
             return s.recv(100).decode().split()[0]
     except OSError as exc:
@@ -332,6 +335,10 @@ def test_bgp_ecmp_over_two_nodes_with_maglev_and_withdrawal_when_a_node_dies(
     carried = {a.split("@")[1] for a in first.values()}
     assert carried == {"node-1", "node-2"}, "ECMP spreads flows over both nodes"
     assert len({a.split("@")[0] for a in first.values()}) == 3
+    # A port without a listener is refused by the node that gets it, never
+    # routed back to the router (a loop until the TTL runs out).
+    refused = [fabric.call(fabric.client, tcp_from, vip, p, PORT + 1) for p in sports[:8]]
+    assert refused == [UNSERVED] * 8, refused
 
     # An agent restart changes nothing at the router: the new agent adopts the
     # running gobgpd, whose sessions never dropped.
