@@ -263,8 +263,10 @@ class Agent:
         if snapshot is self._synced_snapshot:
             return True  # nothing changed since the last good sync (a periodic rescan)
         errors = self._source.errors()
-        self._report_source_problems(errors)
+        warnings = [str(w) for w in snapshot.warnings]
+        self._report_source_problems(errors, warnings)
         self._metrics.manifest_errors.set(len(errors))
+        self._metrics.manifest_warnings.set(len(warnings))
         result = translate(snapshot, self._settings.controller_name, self._addresses)
         self._addresses.update(held_addresses(result))
         desired = result.desired
@@ -351,12 +353,14 @@ class Agent:
         with self._kernel_lock:
             fn(desired)
 
-    def _report_source_problems(self, problems: Sequence[str]) -> None:
-        """Files that cannot be read, unknown kinds and fields: each said once
-        while it lasts."""
-        current = frozenset(problems)
-        for message in sorted(current - self._source_problems):
+    def _report_source_problems(self, errors: Sequence[str], warnings: Sequence[str]) -> None:
+        """Files or documents that cannot be used, and unknown kinds and
+        fields: each said once while it lasts."""
+        current = frozenset(errors) | frozenset(warnings)
+        for message in sorted(frozenset(errors) - self._source_problems):
             log.warning("event=source_problem %s", message)
+        for message in sorted(frozenset(warnings) - self._source_problems):
+            log.warning("event=manifest_warning %s", message)
         self._source_problems = current
 
     def _report_rejections(self, snapshot: Snapshot, result: Translation) -> None:

@@ -199,6 +199,12 @@ class AgentMetrics:
             "Source documents or files that could not be used in the last sync.",
             registry=self.registry,
         )
+        self.manifest_warnings = Gauge(
+            "gatewaylb_source_warnings",
+            "Unknown kinds and fields in manifest files in the last sync (the objects "
+            "are used as written, the unknown parts ignored).",
+            registry=self.registry,
+        )
 
         self.rejected_objects = Gauge(
             "gatewaylb_rejected_objects",

@@ -50,6 +50,8 @@ _FIELD_HINT_CUTOFF: Final = 0.7
 # real kinds that merely look like Service and EndpointSlice.
 _FOREIGN_KIND_CUTOFF: Final = 0.85
 _KIND_HINT_CUTOFF: Final = 0.7
+# networking.x-k8s.io (the Gateway API's ancestor) is one, networking.istio.io is not.
+_GROUP_HINT_CUTOFF: Final = 0.75
 
 
 def _obj(*leaves: str, **subtrees: Tree) -> dict[str, Tree]:
@@ -137,8 +139,7 @@ class UnknownField:
     suggestion: str | None = None  # sectionName
 
     def __str__(self) -> str:
-        hint = f' (did you mean "{self.suggestion}"?)' if self.suggestion else ""
-        return f'{self.path}: unknown field "{self.name}"{hint}'
+        return f'{self.path}: unknown field "{self.name}"{_did_you_mean(self.suggestion)}'
 
 
 class _Node:
@@ -206,7 +207,7 @@ def unknown_fields(
     values of the wrong shape are skipped, they are the parser's to report.
     """
     node = _known().nodes.get((kind, api_version))
-    if node is None or not isinstance(doc, Mapping):
+    if node is None or (type(doc) is not dict and not isinstance(doc, Mapping)):
         return []
     # This runs on every document of a manifest directory: the common case, an
     # object without unknown fields, takes one walk that allocates nothing.
@@ -325,33 +326,38 @@ def unknown_kind_problem(
     `reads` maps each kind the agent reads to (API group, served versions).  In
     the Gateway API's groups and ours every other kind is named: a real kind the
     agent does not implement, or an unknown one (with a hint).  In any other
-    group only a near-miss of a kind the agent reads is: Deployments and
-    ConfigMaps are simply not ours to read.
+    group only a near-miss of a kind or group the agent reads is: Deployments
+    and ConfigMaps are simply not ours to read.
     """
     group = api_version.rpartition("/")[0]
-    read = reads.get(kind)
-    if read is not None and read[0] == group:
+    read_group = reads[kind][0] if kind in reads else None
+    if read_group == group:
         return None  # ours: parse_object judges the version
     known = _known()
     if group in known.crd_groups:
-        real_group = known.kind_groups.get(kind)
-        if real_group == group:
+        home = known.kind_groups.get(kind, read_group)
+        if home == group:
             return f"kind {kind} is not supported by gatewaylb; ignored"
-        home = real_group if real_group is not None else read[0] if read is not None else None
         if home is not None:
-            return f"kind {kind} is not in {group} but in {home or 'the core API group'}; ignored"
-        candidates = [k for k, g in known.kind_groups.items() if g == group]
-        hint = _close(kind, candidates, _KIND_HINT_CUTOFF)
-        where = f" (did you mean {_quote(hint)}?)" if hint else ""
-        return f"unknown kind {_quote(kind)} in {group}{where}; ignored"
-    if read is not None:
-        return None  # the same name in another group (Istio's Gateway): not ours
+            return f"kind {kind} is not in {group} but in {_group_name(home)}; ignored"
+        siblings = [k for k, g in known.kind_groups.items() if g == group]
+        hint = _close(kind, siblings, _KIND_HINT_CUTOFF)
+        return f'unknown kind "{kind}" in {group}{_did_you_mean(hint)}; ignored'
+    if read_group is not None:
+        # The same name in another group is another API (Istio's Gateway,
+        # Knative's Service), unless the group is a misspelling of ours.
+        if group and read_group and _close(group, [read_group], _GROUP_HINT_CUTOFF):
+            return f'kind {kind}: unknown API group "{group}"{_did_you_mean(read_group)}; ignored'
+        return None
     hint = _close(kind, reads, _FOREIGN_KIND_CUTOFF)
     if hint is None:
         return None
-    where = group or "the core API group"
-    return f"unknown kind {_quote(kind)} in {where} (did you mean {_quote(hint)}?); ignored"
+    return f'unknown kind "{kind}" in {_group_name(group)}{_did_you_mean(hint)}; ignored'
 
 
-def _quote(name: str) -> str:
-    return f'"{name}"'
+def _did_you_mean(name: str | None) -> str:
+    return f' (did you mean "{name}"?)' if name else ""
+
+
+def _group_name(group: str) -> str:
+    return group or "the core API group"

@@ -206,7 +206,6 @@ class FileSource:
         self._last_errors = [
             *(str(e) for e in self._directory.errors),
             *(str(p) for p in snapshot.problems),
-            *(str(w) for w in snapshot.warnings),
         ]
         return snapshot
 

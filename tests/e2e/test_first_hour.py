@@ -308,6 +308,7 @@ def test_rejected_objects_and_typos_are_logged_once_and_counted(lab: Lab, tmp_pa
         assert len(route) == 1 and "reason=BackendNotFound" in route[0], rejected
         typo = [ln for ln in text.splitlines() if "sectionNmae" in ln]
         assert len(typo) == 1 and "did you mean" in typo[0], typo
+        assert "event=manifest_warning" in typo[0]
         assert re.search(r"event=synced .* rejected=2 ", text)
         metrics = agent.metrics()
         assert 'gatewaylb_rejected_objects{kind="Gateway",reason="Invalid"} 1.0' in metrics
@@ -315,6 +316,7 @@ def test_rejected_objects_and_typos_are_logged_once_and_counted(lab: Lab, tmp_pa
             metrics
         )
         assert 'gatewaylb_status_writer{reason="",state="file"} 1.0' in metrics
+        assert "gatewaylb_source_warnings 1.0" in metrics
         shown = gatewaylb(lab, "status", "--metrics-address", METRICS)
         assert "status writer: file" in shown.stdout, shown.stdout
         assert "Gateway Invalid: 1" in shown.stdout, shown.stdout
