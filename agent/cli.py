@@ -21,7 +21,6 @@ from agent.announce.reconciler import MODES as ANNOUNCE_MODES
 from agent.announce.reconciler import AnnounceReconciler, withdraw_all
 from agent.daemon import Agent, SyncSettings
 from agent.dataplane.addresses import VIPAddresses
-from agent.dataplane.localvips import LocalVIPs, VIPGuard
 from agent.dataplane.select import (
     DEFAULT_BPF_PIN_DIR,
     MODES,
@@ -32,6 +31,7 @@ from agent.dataplane.select import (
     cleanup_all,
     open_dataplane,
 )
+from agent.dataplane.vips import NodeVIPs, VIPGuard
 from agent.election import LeaseElector
 from agent.events import EventRecorder
 from agent.logs import setup_logging
@@ -292,7 +292,7 @@ def run_command(
         settings=SyncSettings(controller_name=controller_name),
         status_writers=writers,
         proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy", threads=proxy_threads)),
-        local_vips=LocalVIPs(VIPAddresses(), VIPGuard()),
+        node_vips=NodeVIPs(VIPAddresses(), VIPGuard()),
         events=events,
         announcer=(
             AnnounceReconciler(

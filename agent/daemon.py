@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from agent.announce.reconciler import AnnounceReconciler
 from agent.dataplane.base import Dataplane, ReconcileResult
-from agent.dataplane.localvips import LocalVIPs
+from agent.dataplane.vips import NodeVIPs
 from agent.events import EventRecorder, ObjectRef
 from agent.metrics import AgentMetrics, LabelledCounters
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND
@@ -67,7 +67,7 @@ class Agent:
         proxy: ProxyReconciler | None = None,
         events: EventRecorder | None = None,
         announcer: AnnounceReconciler | None = None,
-        local_vips: LocalVIPs | None = None,
+        node_vips: NodeVIPs | None = None,
         prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
     ) -> None:
         self._source = source
@@ -78,7 +78,7 @@ class Agent:
         self._proxy = proxy
         self._events = events
         self._announcer = announcer
-        self._local_vips = local_vips
+        self._node_vips = node_vips
         # What was last said about refused objects: only changes are logged.
         self._rejections: frozenset[Rejection] = frozenset()
         self._foreign_classes: frozenset[str] = frozenset()
@@ -105,13 +105,13 @@ class Agent:
         metrics.add_kernel_counters(self._labelled_counters)
         if announcer is not None:
             metrics.add_announcements(announcer.status)
-        if local_vips is not None:
+        if node_vips is not None:
             metrics.add_unserved_packets(self._unserved_packets)
 
     def _unserved_packets(self) -> int:
-        assert self._local_vips is not None
+        assert self._node_vips is not None
         with self._kernel_lock:
-            return self._local_vips.guard.unserved_packets()
+            return self._node_vips.guard.unserved_packets()
 
     # -- kernel counters for /metrics --------------------------------------------
 
@@ -271,7 +271,7 @@ class Agent:
         self._addresses.update(held_addresses(result))
         desired = result.desired
         name = self._dataplane.name
-        if not await self._local_vips_step("grow", desired):
+        if not await self._node_vips_step("grow", desired):
             return False
         t0 = time.monotonic()
         try:
@@ -293,7 +293,7 @@ class Agent:
         if outcome.errors:
             self._metrics.sync_errors.labels(name).inc()
         proxy_ok = await self._reconcile_proxy(desired)
-        vips_ok = await self._local_vips_step("settle", desired)
+        vips_ok = await self._node_vips_step("settle", desired)
         await self._announce(desired)
         if self._proxy_problems:
             result = dataclasses.replace(
@@ -332,21 +332,21 @@ class Agent:
         )
         return clean
 
-    async def _local_vips_step(self, step: str, desired: DesiredState) -> bool:
-        """`grow` (VIPs local before anything binds them) or `settle` (stale
-        VIPs removed, the unserved-port guard brought up to date)."""
-        if self._local_vips is None:
+    async def _node_vips_step(self, step: str, desired: DesiredState) -> bool:
+        """`grow` (L7 VIPs local before the proxy binds them) or `settle`
+        (stale ones removed, the guard of unserved VIP ports brought up to date)."""
+        if self._node_vips is None:
             return True
         t0 = time.monotonic()
         try:
-            await asyncio.to_thread(self._locked, getattr(self._local_vips, step), desired)
+            await asyncio.to_thread(self._locked, getattr(self._node_vips, step), desired)
         except Exception:
-            name = self._local_vips.name
+            name = self._node_vips.name
             self._metrics.sync_errors.labels(name).inc()
             log.exception("event=reconcile_failed reconciler=%s step=%s", name, step)
             return False
         finally:
-            self._metrics.sync_duration.labels(self._local_vips.name).observe(time.monotonic() - t0)
+            self._metrics.sync_duration.labels(self._node_vips.name).observe(time.monotonic() - t0)
         return True
 
     def _locked(self, fn: Callable[[DesiredState], object], desired: DesiredState) -> None:

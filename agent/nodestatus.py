@@ -98,7 +98,7 @@ def _ebpf_view(found: inventory.Inventory) -> DataplaneView:
 
 
 def read_unserved(found: inventory.Inventory) -> int | None:
-    from agent.dataplane.localvips import TABLE, VIPGuard
+    from agent.dataplane.vips import TABLE, VIPGuard
 
     if TABLE not in found.nft_tables:
         return None

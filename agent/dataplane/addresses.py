@@ -1,7 +1,7 @@
-"""VIPs as local addresses of the node (see `localvips` for why every VIP is).
+"""VIPs of L7 listeners as local addresses, so the proxy can bind them.
 
-The L7 proxy (HAProxy) binds `VIP:port` directly, and a VIP that is not local
-would be routed back out.  So each VIP is added as a host address (/32, /128) on `lo`
+The L7 proxy (HAProxy) binds `VIP:port` directly.  For that the VIP must be a
+local address of the node: it is added as a host address (/32, /128) on `lo`
 (this kernel has no dummy driver; `lo` needs none), marked with its own address
 protocol (IFA_PROTO = ADDRESS_PROTO) so that this reconciler adopts and removes
 exactly the addresses it made and never one an operator or another agent put

@@ -79,7 +79,8 @@ class NftablesError(RuntimeError):
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE = 1, 4, 7
-NFT_MSG_GETSETELEM, NFT_MSG_GETGEN = 13, 16
+NFT_MSG_GETSETELEM, NFT_MSG_GETGEN, NFT_MSG_GETOBJ = 13, 16, 19
+NFT_OBJECT_COUNTER = 1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x4, 0x300, 0x10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_TYPE_MASK = 0x3FFF
@@ -337,6 +338,24 @@ class NetlinkReader:
         ):
             _set_elems(buf, start, end, out)
         return out
+
+    def counter(self, table: str, name: str) -> tuple[int, int] | None:
+        """(packets, bytes) of a named counter; None when it does not exist."""
+        attrs = (
+            _attr_str(1, table)  # NFTA_OBJ_TABLE
+            + _attr_str(2, name)  # NFTA_OBJ_NAME
+            + _NLA.pack(8, 3)  # NFTA_OBJ_TYPE
+            + struct.pack(">I", NFT_OBJECT_COUNTER)
+        )
+        for buf, start, end in self._request(NFT_MSG_GETOBJ, NLM_F_REQUEST | NLM_F_ACK, attrs):
+            a = _attrs(buf, start, end)
+            if 4 not in a:  # NFTA_OBJ_DATA
+                continue
+            d = _attrs(buf, *a[4])
+            nbytes = _BE64.unpack_from(buf, d[1][0])[0] if 1 in d else 0
+            packets = _BE64.unpack_from(buf, d[2][0])[0] if 2 in d else 0
+            return packets, nbytes
+        return None
 
     def chains(self) -> list[tuple[str, str]]:
         """(table, chain) of every inet chain (the kernel has no table filter here)."""

@@ -1,7 +1,7 @@
 """The L7 reconciler the agent loop drives: HAProxy serving the L7 listeners.
 
 HAProxy binds VIP:port, so the VIPs must be local addresses first: the agent
-loop adds them (`agent.dataplane.localvips.LocalVIPs.grow`) before this runs
+loop adds them (`agent.dataplane.vips.NodeVIPs.grow`) before this runs
 and removes stale ones after (`settle`), once no configuration binds them.
 A node without L7 listeners never starts HAProxy at all.
 """

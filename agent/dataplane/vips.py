@@ -1,19 +1,22 @@
-"""Every VIP local to the node, and what no listener serves refused, never forwarded.
+"""VIP traffic that no dataplane translates: refused, never forwarded.
 
-A VIP that is not a local address gets routed like any other destination: with
-`--announce bgp` the router sends a packet for a VIP port without a listener
-to this node, which sends it back to the router, until its TTL runs out; with
-`--announce l2` the owner sends it back onto the LAN with ICMP redirects.  So,
-as kube-proxy's IPVS mode does with its dummy interface, every VIP (L4 and L7
-alike) is a host address on `lo` (`VIPAddresses`).
+A VIP is not a local address of the node (only L7 VIPs are, see below), so a
+packet for a VIP port without a listener would be routed like any other
+destination: with `--announce bgp` the router sends it to this node, which
+sends it back to the router, until its TTL runs out; with `--announce l2` the
+owner sends it back onto the LAN with ICMP redirects.  So `VIPGuard` refuses,
+before the DNAT of either dataplane and before the routing decision, every new
+flow to a VIP that no listener serves, as kube-proxy's nftables mode does for
+service IPs: TCP gets a reset, UDP an ICMP port unreachable, other protocols
+(ICMP echo included) are dropped; each counted in the named counter
+`unserved` (`gatewaylb_vip_unserved_packets_total`).  Only new flows: ICMP
+errors about a served flow (conntrack: related) pass.
 
-Local is not enough: a process listening on 0.0.0.0 (sshd, the kubelet, this
-agent's metrics port) would then answer on every VIP.  So `VIPGuard` refuses,
-before the DNAT of either dataplane and before local delivery, every new TCP
-or UDP flow to a VIP on a (protocol, port) that no listener serves: a TCP
-reset or an ICMP port unreachable, counted in the named counter `unserved`
-(`gatewaylb_vip_unserved_packets_total`).  Other protocols (ICMP echo) reach
-the node as they would any local address.
+L7 VIPs are host addresses on `lo` (`VIPAddresses`), since HAProxy binds
+VIP:port; the guard also keeps a process listening on 0.0.0.0 (sshd, the
+kubelet, this agent's metrics port) from answering on them.  L4-only VIPs
+get no address: ten thousand addresses would cost seconds of netlink per sync,
+and nothing needs them (the dataplanes translate before routing).
 
 Owns `table inet gatewaylb_vips`: sets `vips4`/`vips6` (the VIPs) and
 `served4`/`served6` (vip . l4proto . port of every L4 frontend and L7
@@ -26,13 +29,15 @@ sets whole.  It never touches another table.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agent.dataplane.addresses import VIPAddresses
 from agent.state import TCP, DesiredState
+
+if TYPE_CHECKING:
+    from agent.dataplane.nftables import NetlinkReader
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +52,12 @@ class GuardError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class LocalVIPsState:
+class GuardState:
     vips: frozenset[str]
     served: frozenset[ServedKey]
 
 
-def local_vips_state(desired: DesiredState) -> LocalVIPsState:
+def guard_state(desired: DesiredState) -> GuardState:
     """The VIPs and the (vip, protocol, port) keys their listeners serve."""
     vips = {_canonical(v) for v in desired.vips}
     served = {(_canonical(f.vip), f.protocol, f.port) for f in desired.l4}
@@ -60,7 +65,12 @@ def local_vips_state(desired: DesiredState) -> LocalVIPsState:
         for vip in listener.vips:
             served.add((_canonical(vip), TCP, listener.port))
     vips.update(v for v, _, _ in served)
-    return LocalVIPsState(frozenset(vips), frozenset(served))
+    return GuardState(frozenset(vips), frozenset(served))
+
+
+def l7_vips(desired: DesiredState) -> frozenset[str]:
+    """The VIPs the proxy binds: local addresses of the node."""
+    return frozenset(_canonical(vip) for listener in desired.l7 for vip in listener.vips)
 
 
 def _canonical(ip: str) -> str:
@@ -71,7 +81,7 @@ def _family(ip: str) -> int:
     return ipaddress.ip_address(ip).version
 
 
-def render_guard(state: LocalVIPsState) -> str:
+def render_guard(state: GuardState) -> str:
     """One nft script: the table (created if missing), its sets rewritten whole
     and its chain's rules rewritten, as one transaction."""
     t = f"inet {TABLE}"
@@ -95,6 +105,10 @@ def render_guard(state: LocalVIPsState) -> str:
                 f"{ip} daddr . meta l4proto . th dport != @served{family} "
                 f'ct state new counter name "unserved" {verdict}'
             )
+        lines.append(
+            f"add rule {t} prerouting {ip} daddr @vips{family} meta l4proto != tcp "
+            f'meta l4proto != udp ct state new counter name "unserved" drop'
+        )
         vips = sorted((v for v in state.vips if _family(v) == family), key=_sort_ip)
         if vips:
             lines.append(f"add element {t} vips{family} {{ {', '.join(vips)} }}")
@@ -120,7 +134,8 @@ class VIPGuard:
         import nftables  # untyped binding
 
         self._nft: Any = nftables.Nftables()
-        self._applied: LocalVIPsState | None = None
+        self._applied: GuardState | None = None
+        self._reader: NetlinkReader | None = None
 
     def _cmd(self, script: str) -> str:
         rc, output, error = self._nft.cmd(script)
@@ -128,7 +143,7 @@ class VIPGuard:
             raise GuardError(f"nftables: {str(error).strip()}")
         return str(output)
 
-    def apply(self, state: LocalVIPsState) -> bool:
+    def apply(self, state: GuardState) -> bool:
         """Make the table say `state`; False when it already did (no write)."""
         if state == self._applied:
             return False
@@ -137,43 +152,39 @@ class VIPGuard:
         return True
 
     def unserved_packets(self) -> int:
-        """Packets refused so far (0 when the table is absent)."""
-        self._nft.set_json_output(True)
-        try:
-            rc, output, _error = self._nft.cmd(f"list counter inet {TABLE} unserved")
-        finally:
-            self._nft.set_json_output(False)
-        if rc != 0:
-            return 0
-        for item in json.loads(output).get("nftables", []):
-            counter = item.get("counter")
-            if counter is not None:
-                return int(counter.get("packets", 0))
-        return 0
+        """Packets refused so far (0 when the table is absent).  Read over
+        netlink: `list counter` through libnftables fills its whole cache
+        first, 6 s at 10k nftables frontends, on every scrape."""
+        if self._reader is None:
+            from agent.dataplane.nftables import NetlinkReader
+
+            self._reader = NetlinkReader()
+        counted = self._reader.counter(TABLE, "unserved")
+        return counted[0] if counted is not None else 0
 
     def cleanup(self) -> None:
         self._nft.cmd(f"delete table inet {TABLE}")
         self._applied = None
 
 
-class LocalVIPs:
-    """VIP host addresses and the guard, in the order binds need: addresses
-    are added before the proxy binds them (`grow`) and removed, with the guard
-    brought to the new state, once nothing binds them any more (`settle`)."""
+class NodeVIPs:
+    """The L7 VIPs' host addresses and the guard, in the order binds need:
+    addresses are added before the proxy binds them (`grow`) and removed,
+    with the guard brought to the new state, once nothing binds them any
+    more (`settle`)."""
 
-    name = "local-vips"
+    name = "vips"
 
     def __init__(self, addresses: VIPAddresses, guard: VIPGuard) -> None:
         self.addresses = addresses
         self.guard = guard
 
     def grow(self, desired: DesiredState) -> None:
-        self.addresses.reconcile(local_vips_state(desired).vips, remove=False)
+        self.addresses.reconcile(l7_vips(desired), remove=False)
 
     def settle(self, desired: DesiredState) -> None:
-        state = local_vips_state(desired)
-        self.guard.apply(state)
-        self.addresses.reconcile(state.vips)
+        self.guard.apply(guard_state(desired))
+        self.addresses.reconcile(l7_vips(desired))
 
     def cleanup(self) -> tuple[str, ...]:
         self.guard.cleanup()

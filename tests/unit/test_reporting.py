@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.dataplane.localvips import local_vips_state, render_guard
+from agent.dataplane.vips import guard_state, render_guard
 from agent.election import classify_lease_error
 from agent.metrics import AgentMetrics
 from agent.nodestatus import _agent_from_metrics
@@ -130,7 +130,7 @@ def _desired() -> DesiredState:
 
 
 def test_the_guard_serves_l4_frontends_and_l7_listeners_and_refuses_the_rest() -> None:
-    state = local_vips_state(_desired())
+    state = guard_state(_desired())
     assert state.vips == {"192.0.2.1", "192.0.2.2", "2001:db8::1"}
     assert state.served == {
         ("192.0.2.1", "tcp", 80),
@@ -152,7 +152,7 @@ def test_the_guard_serves_l4_frontends_and_l7_listeners_and_refuses_the_rest() -
 
 
 def test_the_guard_of_no_vip_is_an_empty_table() -> None:
-    script = render_guard(local_vips_state(DesiredState()))
+    script = render_guard(guard_state(DesiredState()))
     assert "add element" not in script
     assert "flush set inet gatewaylb_vips served4" in script
 
