@@ -1,6 +1,8 @@
 # gatewaylb: every command a developer or CI needs. `make test` and `make demo`
-# work as the first command on a fresh clone: they run `setup` first, which is
-# idempotent and quick when there is nothing to do.
+# work as the first command on a fresh clone: each first runs scripts/setup.sh
+# with its own profile (demo: what the agent needs; test: + test tools and the
+# venv's dev extra; bench: + load generators), which is idempotent and quick
+# when there is nothing to do. `make setup` installs every profile.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -23,14 +25,15 @@ define run_pytest
 endef
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint test unit demo bench clean k8s-bin controlplane controlplane-down
+.PHONY: help setup setup-demo setup-test setup-bench lint test unit demo bench clean \
+	k8s-bin controlplane controlplane-down
 
 help:
-	@echo "make setup   install Debian packages, kernel header links and .venv (root)"
-	@echo "make test    lint, then unit + e2e + k8s tests (root for e2e)"
+	@echo "make setup   install Debian packages, kernel header links and .venv (root; every profile)"
+	@echo "make test    lint, then unit + e2e + k8s tests (root for e2e; installs the test tools)"
 	@echo "make unit    unit tests only (no root needed)"
-	@echo "make demo    run the demo lab (root)"
-	@echo "make bench   run every bench/*.py"
+	@echo "make demo    run the demo lab (root; installs only what the agent and demo need)"
+	@echo "make bench   run every bench/*.py (installs the load generators)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make clean   remove .venv and caches"
 	@echo "make k8s-bin            build kube-apiserver + etcd for tests/k8s (no-op when built)"
@@ -38,23 +41,33 @@ help:
 	@echo "make controlplane-down  stop it"
 
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh all
 
-lint: setup
+# One profile each (scripts/debian-packages.txt): what the target below needs.
+setup-demo:
+	@scripts/setup.sh demo
+
+setup-test:
+	@scripts/setup.sh test
+
+setup-bench:
+	@scripts/setup.sh bench
+
+lint: setup-test
 	.venv/bin/ruff check $(LINT_DIRS)
 	.venv/bin/ruff format --check $(LINT_DIRS)
 	.venv/bin/mypy
 
-test: setup lint k8s-bin
+test: setup-test lint k8s-bin
 	@$(call run_pytest,$(TEST_DIRS))
 
-unit: setup
+unit: setup-test
 	@$(call run_pytest,tests/unit)
 
-demo: setup
+demo: setup-demo
 	.venv/bin/gatewaylb demo
 
-bench: setup
+bench: setup-bench
 	@for f in bench/*.py; do \
 		if [ ! -e "$$f" ]; then echo "bench: no bench/*.py"; break; fi; \
 		echo "== $$f"; $(PY) "$$f"; \
@@ -72,7 +85,7 @@ k8s-bin:
 
 # Runs in the background; prints the admin KUBECONFIG. State, logs and data
 # are under /run/gatewaylb-controlplane (root) or .run/controlplane.
-controlplane: setup k8s-bin
+controlplane: setup-test k8s-bin
 	@$(PY) tests/k8s/controlplane.py up
 
 controlplane-down:

@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine and the repo's .venv for gatewaylb.
 #
+#   scripts/setup.sh [demo|test|bench|all]      (default: all, what `make setup` runs)
+#
+# A profile says what the machine is for (scripts/debian-packages.txt lists the
+# packages of each): `demo` installs what `gatewaylb run` and `gatewaylb demo`
+# need; `test` adds the test tools and the venv's `dev` extra (pytest, ruff,
+# mypy, ...); `bench` adds the load generators; `all` is everything.
+#
 # Idempotent: every step checks before it acts, so a second run on a ready
-# machine only looks (well under 2 s). Run as root on a fresh machine; on a
-# ready one a non-root user gets the same result, since nothing needs root then.
+# machine only looks (well under 2 s), and a profile that needs more than an
+# earlier run installed installs just the rest. Run as root on a fresh machine;
+# on a ready one a non-root user gets the same result, since nothing needs root then.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 VENV=.venv
+# Line 1: the repo path the venv was made at; line 2: `extras: <pip extras installed>`.
 STAMP=$VENV/.installed-stamp
 PACKAGES_FILE=scripts/debian-packages.txt
 
@@ -16,12 +25,41 @@ log() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+PROFILE=${1:-all}
+case $PROFILE in
+    demo) sections="base" extras="" ;;
+    test) sections="base test" extras="dev" ;;
+    bench) sections="base test bench" extras="dev" ;;
+    all) sections="*" extras="dev" ;;
+    -h | --help)
+        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        exit 0
+        ;;
+    *) die "unknown profile '$PROFILE' (demo, test, bench or all)" ;;
+esac
+[ $# -le 1 ] || die "one profile at most (demo, test, bench or all)"
+
 # --- 1. Debian packages ------------------------------------------------------
 # One dpkg-query for all packages (cheap); apt-get only when something is
-# missing, because `apt-get update` alone costs seconds to minutes.
+# missing, because `apt-get update` alone costs seconds to minutes. Checked on
+# every run, so a `test` run after a `demo` run installs the test tools.
 [ -f "$PACKAGES_FILE" ] || die "$PACKAGES_FILE not found"
-mapfile -t packages < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$PACKAGES_FILE")
-[ ${#packages[@]} -gt 0 ] || die "$PACKAGES_FILE lists no packages"
+# The packages of the profile's sections ("*": every section; lines before the
+# first section belong to every profile). Exit 3: a section the file lacks.
+packages_text=$(awk -v want="$sections" '
+    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) keep[w[i]] = 1; on = 1 }
+    { sub(/#.*/, ""); gsub(/[[:space:]]/, "") }
+    $0 == "" { next }
+    /^\[.+\]$/ {
+        s = substr($0, 2, length($0) - 2); seen[s] = 1
+        on = ("*" in keep) || (s in keep)
+        next
+    }
+    on { print }
+    END { for (k in keep) if (k != "*" && !(k in seen)) { print "missing section " k > "/dev/stderr"; exit 3 } }
+' "$PACKAGES_FILE") || die "$PACKAGES_FILE: no section for profile $PROFILE"
+mapfile -t packages <<<"$packages_text"
+[ -n "${packages[0]:-}" ] || die "$PACKAGES_FILE lists no packages for profile $PROFILE"
 declare -A status=()
 while read -r name abbrev; do
     status[$name]=$abbrev
@@ -33,8 +71,8 @@ for p in "${packages[@]}"; do
     [ "${status[$p]:-}" = ii ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    is_root || die "missing Debian packages (${missing[*]}); run as root: sudo make setup"
-    log "installing: ${missing[*]}"
+    is_root || die "missing Debian packages (${missing[*]}); run as root: sudo scripts/setup.sh $PROFILE"
+    log "installing ($PROFILE): ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     # The lock timeout rides out an unattended-upgrades run on a fresh VM
     # instead of failing at once.
@@ -93,13 +131,37 @@ if ! venv_ok; then
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 
-# Reinstall only when the dependency list may have changed: pip's resolver
-# alone costs seconds even when everything is satisfied. The stamp is written
-# after a successful install, so an interrupted install is retried next run.
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    log "pip install -e '.[dev]'"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]' </dev/null
-    printf '%s\n' "$REPO" >"$STAMP"
+# Reinstall only when the dependency list may have changed or the profile
+# needs an extra the last install lacked: pip's resolver alone costs seconds
+# even when everything is satisfied. The stamp is written after a successful
+# install, so an interrupted install is retried next run. An extra once
+# installed stays recorded (pip never removes it), so a `demo` run after a
+# `test` run reinstalls nothing.
+if [ -f "$STAMP" ]; then
+    if [ "$(sed -n 2p "$STAMP")" = "" ]; then
+        stamp_extras=dev  # a stamp of one line predates profiles: it always installed [dev]
+    else
+        stamp_extras=$(sed -n 's/^extras: *//p' "$STAMP")
+    fi
+else
+    stamp_extras=""
+fi
+want_extras=$stamp_extras
+[ -z "$extras" ] || [ "$want_extras" = dev ] || want_extras=$extras
+reinstall=0
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$want_extras" != "$stamp_extras" ]; then
+    reinstall=1
+elif [ "$want_extras" = dev ]; then
+    # The test tools the stamp promises must still be there.
+    for tool in pytest ruff mypy; do
+        [ -x "$VENV/bin/$tool" ] || reinstall=1
+    done
+fi
+if [ "$reinstall" -eq 1 ]; then
+    target=.${want_extras:+[$want_extras]}
+    log "pip install -e '$target'"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$target" </dev/null
+    printf '%s\nextras: %s\n' "$REPO" "$want_extras" >"$STAMP"
 fi
 
 # --- 4. Verify -------------------------------------------------------------------

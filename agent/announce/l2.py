@@ -1,8 +1,10 @@
 """L2 announcement of VIPs: one node of a segment answers ARP and NDP for each VIP.
 
-Every node has every VIP on `lo` (agent/dataplane/addresses.py), so every node
-accepts VIP traffic; this module only decides which node's MAC the LAN learns
-for a VIP, and makes the LAN learn another one fast when that node dies.
+Every node serves every VIP (the dataplanes translate L4 VIP traffic before
+routing, L7 VIPs are local addresses on `lo`, and `agent/dataplane/vips.py`
+refuses ports nobody serves); this module only decides which node's MAC the
+LAN learns for a VIP, and makes the LAN learn another one fast when that node
+dies.
 
 Owns, on each announce interface: AF_PACKET sockets for heartbeats, ARP and
 IPv6 neighbour solicitations; the solicited-node multicast memberships of the
@@ -31,7 +33,7 @@ starts.  `close()` sends one "leaving" heartbeat so peers take over at once.
 
 ARP.  The owner answers ARP requests for its IPv4 VIPs from a packet socket.
 Linux answers ARP for any local address on any interface by default, so every
-node would answer for the `lo`-bound VIPs: `arp_ignore=1` (answer only for
+node would answer for the `lo`-bound L7 VIPs: `arp_ignore=1` (answer only for
 addresses of the receiving interface) stops that, and `arp_announce=2` (use an
 address of the outgoing interface as sender of the kernel's own ARP requests)
 stops a node that replies from a VIP from advertising the VIP with its own MAC
