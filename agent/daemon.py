@@ -358,9 +358,9 @@ class Agent:
         fields: each said once while it lasts."""
         current = frozenset(errors) | frozenset(warnings)
         for message in sorted(frozenset(errors) - self._source_problems):
-            log.warning("event=source_problem %s", message)
+            log.warning("event=source_problem message=%r", message)
         for message in sorted(frozenset(warnings) - self._source_problems):
-            log.warning("event=manifest_warning %s", message)
+            log.warning("event=manifest_warning message=%r", message)
         self._source_problems = current
 
     def _report_rejections(self, snapshot: Snapshot, result: Translation) -> None:
@@ -370,7 +370,7 @@ class Agent:
         current = frozenset(rejections(snapshot, result.status))
         for r in sorted(current - self._rejections, key=_rejection_order):
             log.warning(
-                "event=object_rejected kind=%s object=%s source=%s where=%r condition=%s "
+                "event=object_rejected kind=%s object=%r source=%r where=%r condition=%s "
                 "reason=%s message=%r",
                 r.kind,
                 r.object,
@@ -384,7 +384,7 @@ class Agent:
         cleared = {(r.kind, r.namespace, r.name) for r in self._rejections} - still
         for kind, namespace, name in sorted(cleared):
             log.info(
-                "event=object_accepted kind=%s object=%s",
+                "event=object_accepted kind=%s object=%r",
                 kind,
                 f"{namespace}/{name}" if namespace else name,
             )
@@ -392,7 +392,7 @@ class Agent:
         self._metrics.set_rejected(rejected_counts(tuple(current)))
         foreign = frozenset(foreign_classes(snapshot, self._settings.controller_name))
         for line in sorted(foreign - self._foreign_classes):
-            log.info("event=gatewayclass_not_ours %s", line)
+            log.info("event=gatewayclass_not_ours message=%r", line)
         self._foreign_classes = foreign
 
     def _record_events(

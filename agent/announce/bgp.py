@@ -802,7 +802,7 @@ class BGPAnnouncer:
     def _set_problems(self, problems: tuple[str, ...]) -> None:
         for p in problems:
             if p not in self._problems:
-                log.warning("event=bgp_problem %s", p)
+                log.warning("event=bgp_problem message=%r", p)
         self._problems = problems
 
 

@@ -320,11 +320,11 @@ def test_rejected_objects_and_typos_are_logged_once_and_counted(lab: Lab, tmp_pa
         text = agent.log.read_text()
         rejected = [ln for ln in text.splitlines() if "event=object_rejected" in ln]
         print("\n" + "\n".join(rejected))
-        gateway = [ln for ln in rejected if "object=default/bad" in ln]
+        gateway = [ln for ln in rejected if "object='default/bad'" in ln]
         assert len(gateway) == 1, rejected
         assert "spec.listeners[0].port: must be at most 65535" in gateway[0]
-        assert f"source={manifests / 'bad.yaml'}:1" in gateway[0]
-        route = [ln for ln in rejected if "object=default/typo" in ln]
+        assert f"source='{manifests / 'bad.yaml'}:1'" in gateway[0]
+        route = [ln for ln in rejected if "object='default/typo'" in ln]
         assert len(route) == 1 and "reason=BackendNotFound" in route[0], rejected
         typo = [ln for ln in text.splitlines() if "sectionNmae" in ln]
         assert len(typo) == 1 and "did you mean" in typo[0], typo
@@ -345,7 +345,7 @@ def test_rejected_objects_and_typos_are_logged_once_and_counted(lab: Lab, tmp_pa
         write(manifests / "bad.yaml", BAD_GATEWAY.replace("70000", "7000"))
         wait_for(
             lambda: (
-                "event=object_accepted kind=Gateway object=default/bad" in (agent.log.read_text())
+                "event=object_accepted kind=Gateway object='default/bad'" in (agent.log.read_text())
             ),
             10,
         )
