@@ -20,7 +20,7 @@ from agent import __version__
 from agent.announce.reconciler import MODES as ANNOUNCE_MODES
 from agent.announce.reconciler import AnnounceReconciler, withdraw_all
 from agent.daemon import Agent, SyncSettings
-from agent.dataplane.addresses import VIPAddresses
+from agent.dataplane.addresses import VIPAddresses, node_addresses
 from agent.dataplane.select import (
     DEFAULT_BPF_PIN_DIR,
     MODES,
@@ -199,6 +199,12 @@ def _dataplane_options(
     help="bgp: 127.0.0.1 port of the gobgpd API the agent drives.",
 )
 @click.option(
+    "--allow-host-addresses",
+    is_flag=True,
+    help="Let a Gateway take an address of this node or of an endpoint as its VIP (refused "
+    "by default: the node would intercept that host's traffic).",
+)
+@click.option(
     "--proxy-threads",
     type=click.IntRange(1, 64),
     default=None,
@@ -227,6 +233,7 @@ def run_command(
     lease_namespace: str | None,
     announce: str,
     bgp_api_port: int,
+    allow_host_addresses: bool,
     proxy_threads: int | None,
     log_format: str,
     log_level: str,
@@ -289,7 +296,10 @@ def run_command(
         source=source,
         dataplane=plane,
         metrics=metrics,
-        settings=SyncSettings(controller_name=controller_name),
+        settings=SyncSettings(
+            controller_name=controller_name, allow_host_addresses=allow_host_addresses
+        ),
+        node_addresses=node_addresses,
         status_writers=writers,
         proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy", threads=proxy_threads)),
         node_vips=NodeVIPs(VIPAddresses(), VIPGuard()),

@@ -33,7 +33,7 @@ from agent.proxy.reconciler import Problem, ProxyReconciler
 from agent.sources.base import Source
 from agent.state import DesiredState
 from agent.statuswriter import StatusWriter
-from agent.translate import Translation, translate
+from agent.translate import HostAddresses, Translation, translate
 from agent.translate.rejections import Rejection, foreign_classes, rejected_counts, rejections
 from agent.translate.status import GatewayStatus
 
@@ -49,6 +49,7 @@ SUPERVISE_PERIOD = 2.0  # seconds between checks of the proxy worker and the ann
 @dataclass(frozen=True, slots=True)
 class SyncSettings:
     controller_name: str
+    allow_host_addresses: bool = False  # VIPs may be this node's or endpoints' addresses
     debounce: float = 0.05
     max_debounce: float = 0.5
     rescan_interval: float = 10.0
@@ -68,6 +69,7 @@ class Agent:
         events: EventRecorder | None = None,
         announcer: AnnounceReconciler | None = None,
         node_vips: NodeVIPs | None = None,
+        node_addresses: Callable[[], frozenset[str]] | None = None,
         prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
     ) -> None:
         self._source = source
@@ -79,6 +81,7 @@ class Agent:
         self._events = events
         self._announcer = announcer
         self._node_vips = node_vips
+        self._node_addresses = node_addresses
         # What was last said about refused objects: only changes are logged.
         self._rejections: frozenset[Rejection] = frozenset()
         self._foreign_classes: frozenset[str] = frozenset()
@@ -267,7 +270,10 @@ class Agent:
         self._report_source_problems(errors, warnings)
         self._metrics.manifest_errors.set(len(errors))
         self._metrics.manifest_warnings.set(len(warnings))
-        result = translate(snapshot, self._settings.controller_name, self._addresses)
+        hosts = HostAddresses(
+            await self._read_node_addresses(), self._settings.allow_host_addresses
+        )
+        result = translate(snapshot, self._settings.controller_name, self._addresses, hosts)
         self._addresses.update(held_addresses(result))
         desired = result.desired
         name = self._dataplane.name
@@ -331,6 +337,17 @@ class Agent:
             (time.monotonic() - started) * 1000,
         )
         return clean
+
+    async def _read_node_addresses(self) -> frozenset[str]:
+        """This node's own addresses, which no VIP may take (read every sync:
+        DHCP and operators change them)."""
+        if self._node_addresses is None or self._settings.allow_host_addresses:
+            return frozenset()
+        try:
+            return await asyncio.to_thread(self._node_addresses)
+        except Exception:
+            log.exception("event=node_addresses_failed")
+            return frozenset()
 
     async def _node_vips_step(self, step: str, desired: DesiredState) -> bool:
         """`grow` (L7 VIPs local before the proxy binds them) or `settle`

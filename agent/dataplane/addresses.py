@@ -122,3 +122,15 @@ class VIPAddresses:
 def _sort_key(addr: str) -> tuple[int, int]:
     ip = ipaddress.ip_address(addr)
     return (ip.version, int(ip))
+
+
+def node_addresses(netns: str | None = None) -> frozenset[str]:
+    """Every address of the node (this network namespace) but the VIPs this
+    agent put on `lo`: the real host addresses no VIP may take over."""
+    out: set[str] = set()
+    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # LOCAL: ours on ptp links
+            if addr is not None and msg.get("IFA_PROTO") != ADDRESS_PROTO:
+                out.add(str(ipaddress.ip_address(addr)))
+    return frozenset(out)

@@ -59,11 +59,13 @@ from agent.translate.features import SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
 from agent.translate.gateways import (
     L4_PROTOCOLS,
     GatewayState,
+    HostAddresses,
     ListenerState,
     assign_addresses,
     claim_ports,
     evaluate_gateway,
     gateway_class_status,
+    host_addresses,
     invalid_class_status,
     invalid_gateway_state,
 )
@@ -114,18 +116,26 @@ def translate(
     snapshot: Snapshot,
     controller_name: str = DEFAULT_CONTROLLER_NAME,
     prior_addresses: Mapping[Key, tuple[str, ...]] | None = None,
+    hosts: HostAddresses | None = None,
 ) -> Translation:
     """`prior_addresses`: the addresses Gateways held when this agent last
     wrote status (a standalone agent's status file); Kubernetes Gateways carry
-    theirs in status.addresses."""
+    theirs in status.addresses.  `hosts`: addresses of real hosts that no VIP
+    may take (this node's; endpoints' come from the snapshot)."""
     with gc_paused():
-        return _translate(snapshot, controller_name, prior_addresses or {})
+        return _translate(
+            snapshot, controller_name, prior_addresses or {}, hosts or HostAddresses()
+        )
 
 
 def _translate(
-    snapshot: Snapshot, controller_name: str, prior_addresses: Mapping[Key, tuple[str, ...]]
+    snapshot: Snapshot,
+    controller_name: str,
+    prior_addresses: Mapping[Key, tuple[str, ...]],
+    host_rule: HostAddresses,
 ) -> Translation:
     index = SnapshotIndex.build(snapshot)
+    hosts = host_addresses(host_rule, snapshot.endpoint_slices) if snapshot.gateways else {}
     statuses: list[ObjectStatus] = []
 
     all_configs: dict[str, GatewayLBConfig | InvalidObject] = {
@@ -155,9 +165,11 @@ def _translate(
         if gw.class_name in classes:
             config = configs.get(gw.class_name)
             pools = config.pools if config is not None else None
-            gateways[gw.meta.key] = evaluate_gateway(gw, classes[gw.class_name], index, pools)
+            gateways[gw.meta.key] = evaluate_gateway(
+                gw, classes[gw.class_name], index, pools, hosts
+            )
             pools_of[gw.meta.key] = pools or ()
-    assign_addresses(gateways.values(), pools_of, prior_addresses)
+    assign_addresses(gateways.values(), pools_of, prior_addresses, hosts)
     claim_ports(list(gateways.values()))
     for state in gateways.values():
         state.settle()

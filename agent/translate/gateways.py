@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
+from agent.model.core import EndpointSlice
 from agent.model.gateway import Gateway, GatewayClass, Listener, ParametersReference
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_order
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
@@ -304,7 +305,46 @@ def _address_problem(gateway: Gateway) -> tuple[str, str] | None:
     return None
 
 
-def _usable_vips(gateway: Gateway, pools: tuple[AddressPool, ...] | None) -> GatewayState:
+@dataclass(frozen=True, slots=True)
+class HostAddresses:
+    """Addresses of real hosts, which a VIP must not take over: the node would
+    then intercept traffic meant for that host (MetalLB and Cilium's LB-IPAM
+    refuse them too).  `node` are this node's own addresses, which only the
+    agent can read; endpoint addresses come from the snapshot.  `allowed`
+    lifts the rule for users who need it (`run --allow-host-addresses`)."""
+
+    node: frozenset[str] = frozenset()
+    allowed: bool = False
+
+
+def host_addresses(hosts: HostAddresses, slices: Iterable[EndpointSlice]) -> dict[str, str]:
+    """address -> what it is, for the messages; empty when host addresses are allowed."""
+    if hosts.allowed:
+        return {}
+    out: dict[str, str] = {}
+    for es in slices:
+        for ep in es.endpoints:
+            for address in ep.addresses:
+                out.setdefault(
+                    _canonical(address),
+                    f"an endpoint address (EndpointSlice {es.meta.namespace}/{es.meta.name})",
+                )
+    for address in hosts.node:
+        out[_canonical(address)] = "an address of this node"
+    out.pop("", None)
+    return out
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return ""
+
+
+def _usable_vips(
+    gateway: Gateway, pools: tuple[AddressPool, ...] | None, hosts: Mapping[str, str]
+) -> GatewayState:
     """The addresses the Gateway names, and how many it leaves to the pools."""
     state = GatewayState(gateway, [])
     vips: list[str] = []
@@ -317,6 +357,14 @@ def _usable_vips(gateway: Gateway, pools: tuple[AddressPool, ...] | None) -> Gat
             state.not_programmed = (
                 R_ADDRESS_NOT_USABLE,
                 f"spec.addresses[{i}]: {ip} cannot be used as a virtual IP",
+            )
+            return state
+        if str(ip) in hosts:
+            state.not_programmed = (
+                R_ADDRESS_NOT_USABLE,
+                f"spec.addresses[{i}]: {ip} is {hosts[str(ip)]}: a VIP must not be a real "
+                "host's address, whose traffic this node would intercept "
+                "(`gatewaylb run --allow-host-addresses` allows it)",
             )
             return state
         if pools and not any(p.contains(ip) for p in pools):
@@ -347,10 +395,13 @@ def assign_addresses(
     states: Iterable[GatewayState],
     pools_of: Mapping[Key, tuple[AddressPool, ...]],
     prior: Mapping[Key, tuple[str, ...]],
+    hosts: Iterable[str] = (),
 ) -> None:
-    """Give Gateways that want addresses some from their pools (see ipam.py)."""
+    """Give Gateways that want addresses some from their pools (see ipam.py),
+    never a host's address."""
     ordered = sorted(states, key=lambda s: age_order(s.gateway.meta))
     claimed = [v for s in ordered if s.accepted for v in s.vips]
+    claimed += hosts
     requests = []
     for state in ordered:
         if not state.wanted or not state.accepted or state.not_programmed is not None:
@@ -520,6 +571,7 @@ def evaluate_gateway(
     class_accepted: bool,
     index: SnapshotIndex,
     pools: tuple[AddressPool, ...] | None = None,
+    hosts: Mapping[str, str] | None = None,
 ) -> GatewayState:
     state = GatewayState(
         gateway=gateway,
@@ -558,7 +610,7 @@ def evaluate_gateway(
     else:
         state.not_accepted = _address_problem(gateway)
     if state.not_accepted is None:
-        addresses = _usable_vips(gateway, pools)
+        addresses = _usable_vips(gateway, pools, hosts or {})
         state.vips, state.wanted = addresses.vips, addresses.wanted
         state.not_programmed = addresses.not_programmed
     return state

@@ -35,6 +35,7 @@ from tests.e2e.test_agent import (
     AgentProcess,
     Plane,
     basic_manifests,
+    gateway_yaml,
     gatewaylb,
     http_get,
     route_yaml,
@@ -403,3 +404,35 @@ def test_cleanup_without_flags_removes_a_run_with_pins_and_cgroup_hooks_elsewher
         gatewaylb(lab, "cleanup", "--cgroup-path", str(cgroup), "--bpf-pin-dir", str(pins))
         subprocess.run(["umount", str(bpffs)], check=False)
         cgroup.rmdir()
+
+
+def test_a_vip_on_the_nodes_own_address_is_refused_and_its_traffic_untouched(
+    lab: Lab, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    basic_manifests(manifests, lab)
+    hijack = gateway_yaml(
+        "- {name: tcp, protocol: TCP, port: 80}\n", vip=lab.node.ip4, name="hijack"
+    ).split("---\n", 1)[1]
+    write(manifests / "hijack.yaml", hijack)
+    agent = AgentProcess(
+        lab, Plane("nftables", None), manifests, tmp_path / "status.json", tmp_path / "a.log"
+    )
+    agent.start()
+    try:
+        gw = next(
+            o["status"]
+            for o in agent.status()["objects"]
+            if o["kind"] == "Gateway" and o["metadata"]["name"] == "hijack"
+        )
+        programmed = next(c for c in gw["conditions"] if c["type"] == "Programmed")
+        assert (programmed["status"], programmed["reason"]) == ("False", "AddressNotUsable")
+        assert f"{lab.node.ip4} is an address of this node" in programmed["message"]
+        shown = gatewaylb(lab, "status", "-o", "json", "--metrics-address", METRICS)
+        vips = {f["vip"] for f in json.loads(shown.stdout)["frontends"]}
+        assert vips == {VIP}, vips
+        assert lab.call(lab.client, tcp_ask, VIP, 80) in {"be1", "be2"}
+    finally:
+        agent.stop()
+        gatewaylb(lab, "cleanup", "--run-dir", str(tmp_path / "run"))
