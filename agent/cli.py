@@ -313,7 +313,7 @@ def run_command(
         ),
         prior_addresses=addresses_from_status_file(status_file) if status_file else None,
     )
-    server = HealthServer(metrics_address, metrics, lambda: agent.ready)
+    server = HealthServer(metrics_address, metrics, lambda: agent.ready, agent.healthy)
     if elector is not None:  # started once its on_change has an agent to call
         elector.start()
     server.start()

@@ -44,6 +44,12 @@ log = logging.getLogger("gatewaylb.agent")
 # the time and leaves the rest of the CPU to the API server sending the storm.
 SYNC_IDLE_FACTOR = 3.0
 SUPERVISE_PERIOD = 2.0  # seconds between checks of the proxy worker and the announcer
+# The storm pace never holds a change back longer than this, whatever a sync cost.
+MAX_PACE = 5.0
+# /healthz fails when a loop made no progress for this long.  An idle agent
+# still syncs every rescan interval (10 s); the slowest legitimate sync seen
+# (10k frontends, cold) takes a few seconds.
+STALL_AFTER = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,13 @@ class Agent:
         self._desired = DesiredState()
         self._synced_snapshot: Snapshot | None = None
         self._proxy_problems: tuple[Problem, ...] = ()
+        self._proxy_desired: DesiredState | None = None
+        self._proxy_dirty = asyncio.Event()
+        self._proxy_attempted = asyncio.Event()
+        self._proxy_busy_since: float | None = None
+        # The last translation, before the proxy's problems were applied to it.
+        self._translated: tuple[Snapshot, Translation] | None = None
+        self._sync_progress = time.monotonic()
         self._status_pending: tuple[Snapshot, Translation] | None = None
         self._inline_status_cost = 0.0  # seconds the first sync spent writing status
         self._status_ready = asyncio.Event()
@@ -142,6 +155,8 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
+        self._proxy_dirty.set()
+        self._proxy_attempted.set()
 
     def rewrite_status(self) -> None:
         """Write the latest status again (thread-safe): a status writer that
@@ -165,6 +180,7 @@ class Agent:
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(self._watch()), tg.create_task(self._status_loop())]
             if self._proxy is not None:
+                helpers.append(tg.create_task(self._proxy_loop()))
                 helpers.append(
                     tg.create_task(
                         self._supervise(self._proxy.ensure_running, "proxy_supervise_failed")
@@ -224,6 +240,7 @@ class Agent:
         if not self._storm:
             return
         wait = SYNC_IDLE_FACTOR * self._last_sync_cost - (time.monotonic() - self._last_sync_end)
+        wait = min(wait, MAX_PACE)
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
@@ -231,12 +248,13 @@ class Agent:
     async def _sync_loop(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
+            self._sync_progress = time.monotonic()
             if backoff:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), backoff)
+                # Retry after the back-off, or at once when something changed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), backoff)
+                if self._stop.is_set():
                     return
-                except TimeoutError:
-                    pass
             else:
                 await self._dirty.wait()
                 if self._stop.is_set():
@@ -249,6 +267,7 @@ class Agent:
                     return
             t0 = time.monotonic()
             self._inline_status_cost = 0.0
+            self._sync_progress = time.monotonic()
             ok = await self.sync_once()
             # The pace follows what a sync costs this agent, not how long the
             # API server took to answer the first status writes.
@@ -277,8 +296,6 @@ class Agent:
         self._addresses.update(held_addresses(result))
         desired = result.desired
         name = self._dataplane.name
-        if not await self._node_vips_step("grow", desired):
-            return False
         t0 = time.monotonic()
         try:
             outcome = await asyncio.to_thread(self._reconcile, desired)
@@ -298,34 +315,32 @@ class Agent:
             )
         if outcome.errors:
             self._metrics.sync_errors.labels(name).inc()
-        proxy_ok = await self._reconcile_proxy(desired)
-        vips_ok = await self._node_vips_step("settle", desired)
+        guard_ok = await self._refuse_unserved(desired)
+        first = not self.ready
+        await self._hand_to_proxy(desired, wait=first)
         await self._announce(desired)
-        if self._proxy_problems:
-            result = dataclasses.replace(
-                result, status=apply_problems(result.status, self._proxy_problems)
-            )
+        self._translated = (snapshot, result)
+        result = self._with_proxy_problems(result)
         self._report_rejections(snapshot, result)
-        if self._events is not None and (outcome.errors or self._proxy_problems):
-            await asyncio.to_thread(self._record_events, desired, outcome, self._proxy_problems)
+        if self._events is not None and outcome.errors:
+            await asyncio.to_thread(self._record_frontend_events, desired, outcome)
         self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
         # Status is written beside the sync loop, latest result first, so a slow
         # API server (thousands of status patches) never delays programming the
         # next change.  The first sync writes inline: once /readyz says ready,
         # the status of what is programmed is there too.
-        if not self.ready:
+        if first:
             s0 = time.monotonic()
             await self._write_status(snapshot, result)
             self._inline_status_cost = time.monotonic() - s0
         else:
-            self._status_pending = (snapshot, result)
-            self._status_ready.set()
-        clean = not outcome.errors and proxy_ok and vips_ok
+            self._queue_status(snapshot, result)
+        clean = not outcome.errors and guard_ok
         self._synced_snapshot = snapshot if clean else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
-        if not self.ready:
+        if first:
             log.info("event=ready frontends=%d", len(desired.l4))
         self.ready = True
         log.info(
@@ -338,6 +353,87 @@ class Agent:
         )
         return clean
 
+    # -- L7 beside L4 ---------------------------------------------------------------
+
+    async def _hand_to_proxy(self, desired: DesiredState, *, wait: bool) -> None:
+        """Give the L7 lane the newest desired state.  The sync does not wait
+        for it (a slow render or `haproxy -c` never holds an L4 change back),
+        except on the first sync: /readyz means the L7 listeners were tried too."""
+        if self._proxy is None:
+            return
+        self._proxy_desired = desired
+        self._proxy_attempted.clear()
+        self._proxy_dirty.set()
+        if wait:
+            await self._proxy_attempted.wait()
+
+    async def _proxy_loop(self) -> None:
+        """The L7 lane: the L7 VIPs made local, HAProxy reconciled, stale VIPs
+        removed once nothing binds them; a failed attempt is retried with
+        back-off, and a newer desired state never waits for the back-off."""
+        backoff = 0.0
+        while not self._stop.is_set():
+            if backoff:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._proxy_dirty.wait(), backoff)
+            else:
+                await self._proxy_dirty.wait()
+            if self._stop.is_set():
+                return
+            self._proxy_dirty.clear()
+            desired = self._proxy_desired
+            if desired is None:
+                continue
+            self._proxy_busy_since = time.monotonic()
+            try:
+                ok = await self._apply_l7(desired)
+            finally:
+                self._proxy_busy_since = None
+            if not self._proxy_dirty.is_set():
+                self._proxy_attempted.set()
+            backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
+
+    async def _apply_l7(self, desired: DesiredState) -> bool:
+        before = self._proxy_problems
+        if not await self._node_vips_step("grow", desired):
+            return False
+        ok = await self._reconcile_proxy(desired)
+        if ok and not await self._node_vips_step("shrink", desired):
+            ok = False
+        if self._proxy_problems != before:
+            # The status says what the proxy could not serve: write it again.
+            if self._translated is not None:
+                snapshot, result = self._translated
+                result = self._with_proxy_problems(result)
+                self._report_rejections(snapshot, result)
+                if self.ready:
+                    self._queue_status(snapshot, result)
+            if self._events is not None and self._proxy_problems:
+                await asyncio.to_thread(self._record_proxy_events, self._proxy_problems)
+        return ok
+
+    def _with_proxy_problems(self, result: Translation) -> Translation:
+        if not self._proxy_problems:
+            return result
+        return dataclasses.replace(
+            result, status=apply_problems(result.status, self._proxy_problems)
+        )
+
+    def _queue_status(self, snapshot: Snapshot, result: Translation) -> None:
+        self._status_pending = (snapshot, result)
+        self._status_ready.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        """False when a loop has made no progress for STALL_AFTER seconds (a
+        hung open(), a stuck kernel call): the liveness probe restarts it."""
+        now = time.monotonic()
+        if now - self._sync_progress > STALL_AFTER:
+            return False, f"the sync loop made no progress for {now - self._sync_progress:.0f} s"
+        busy = self._proxy_busy_since
+        if busy is not None and now - busy > STALL_AFTER:
+            return False, f"the L7 reconcile has been running for {now - busy:.0f} s"
+        return True, "ok"
+
     async def _read_node_addresses(self) -> frozenset[str]:
         """This node's own addresses, which no VIP may take (read every sync:
         DHCP and operators change them)."""
@@ -349,9 +445,13 @@ class Agent:
             log.exception("event=node_addresses_failed")
             return frozenset()
 
+    async def _refuse_unserved(self, desired: DesiredState) -> bool:
+        """The guard of unserved VIP ports, brought up to date after L4."""
+        return await self._node_vips_step("refuse_unserved", desired)
+
     async def _node_vips_step(self, step: str, desired: DesiredState) -> bool:
-        """`grow` (L7 VIPs local before the proxy binds them) or `settle`
-        (stale ones removed, the guard of unserved VIP ports brought up to date)."""
+        """`grow` (L7 VIPs local before the proxy binds them), `shrink` (stale
+        ones removed once nothing binds them) or `refuse_unserved` (the guard)."""
         if self._node_vips is None:
             return True
         t0 = time.monotonic()
@@ -412,10 +512,8 @@ class Agent:
             log.info("event=gatewayclass_not_ours message=%r", line)
         self._foreign_classes = foreign
 
-    def _record_events(
-        self, desired: DesiredState, outcome: ReconcileResult, problems: tuple[Problem, ...]
-    ) -> None:
-        """This node's failures, as Warning Events on the objects concerned."""
+    def _record_frontend_events(self, desired: DesiredState, outcome: ReconcileResult) -> None:
+        """Frontends this node's kernel refused, as Warning Events on their Gateways."""
         assert self._events is not None
         sources = {f.key: f.source for f in desired.l4}
         for (vip, proto, port), message in sorted(outcome.errors.items()):
@@ -424,6 +522,10 @@ class Agent:
                 ref = ObjectRef("Gateway", src.namespace, src.gateway)
                 note = f"listener {src.listener}: {proto} {vip}:{port} not programmed: {message}"
                 self._events.warning(ref, "FrontendNotProgrammed", note)
+
+    def _record_proxy_events(self, problems: tuple[Problem, ...]) -> None:
+        """What this node's proxy could not serve, as Warning Events on the routes."""
+        assert self._events is not None
         for problem in problems:
             kind, _, rest = problem.route.partition(" ")
             namespace, _, name = rest.split(" ", 1)[0].partition("/")

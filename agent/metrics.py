@@ -246,10 +246,16 @@ class AgentMetrics:
 class HealthServer:
     """Serves /metrics, /healthz and /readyz from a daemon thread."""
 
-    def __init__(self, address: str, metrics: AgentMetrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        address: str,
+        metrics: AgentMetrics,
+        ready: Callable[[], bool],
+        healthy: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
+    ) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
-        metrics_ref, ready_ref = metrics, ready
+        metrics_ref, ready_ref, healthy_ref = metrics, ready, healthy
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -257,7 +263,8 @@ class HealthServer:
                 if path == "/metrics":
                     self._reply(200, metrics_ref.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._reply(200, b"ok\n", "text/plain")
+                    ok, why = healthy_ref()
+                    self._reply(200 if ok else 503, f"{why}\n".encode(), "text/plain")
                 elif path == "/readyz":
                     if ready_ref():
                         self._reply(200, b"ready\n", "text/plain")

@@ -168,10 +168,9 @@ class VIPGuard:
 
 
 class NodeVIPs:
-    """The L7 VIPs' host addresses and the guard, in the order binds need:
-    addresses are added before the proxy binds them (`grow`) and removed,
-    with the guard brought to the new state, once nothing binds them any
-    more (`settle`)."""
+    """The L7 VIPs' host addresses, in the order binds need (added before the
+    proxy binds them, `grow`; removed once nothing binds them, `shrink`), and
+    the guard of unserved VIP ports (`refuse_unserved`)."""
 
     name = "vips"
 
@@ -180,11 +179,15 @@ class NodeVIPs:
         self.guard = guard
 
     def grow(self, desired: DesiredState) -> None:
+        """L7 VIPs local before the proxy binds them."""
         self.addresses.reconcile(l7_vips(desired), remove=False)
 
-    def settle(self, desired: DesiredState) -> None:
-        self.guard.apply(guard_state(desired))
+    def shrink(self, desired: DesiredState) -> None:
+        """Stale L7 VIPs removed, once no proxy configuration binds them."""
         self.addresses.reconcile(l7_vips(desired))
+
+    def refuse_unserved(self, desired: DesiredState) -> None:
+        self.guard.apply(guard_state(desired))
 
     def cleanup(self) -> tuple[str, ...]:
         self.guard.cleanup()

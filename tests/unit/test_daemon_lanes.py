@@ -1,0 +1,192 @@
+"""The agent loop with fakes at its seams: an L4 change never waits behind a
+slow L7 reconcile, the storm pace is capped, and /healthz sees a stuck loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from agent import daemon
+from agent.daemon import Agent, SyncSettings
+from agent.dataplane.base import FrontendCounters, ReconcileResult
+from agent.metrics import AgentMetrics
+from agent.model.snapshot import Snapshot
+from agent.proxy.worker import ApplyResult
+from agent.state import DesiredState
+from tests.unit.helpers import (
+    CONTROLLER,
+    backend,
+    backend_service,
+    gateway,
+    gateway_class,
+    http,
+    httproute,
+    rule,
+    snapshot,
+    tcp,
+    tcproute,
+)
+
+
+class FakeSource:
+    name = "fake"
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.current = snap
+        self.changed = asyncio.Event()
+
+    def synced(self) -> bool:
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return self.current
+
+    def errors(self) -> list[str]:
+        return []
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.changed.clear()
+        return True
+
+    def set(self, snap: Snapshot) -> None:
+        self.current = snap
+        self.changed.set()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeDataplane:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.programmed: list[tuple[float, frozenset[tuple[str, str, int]]]] = []
+
+    def reconcile(self, desired: DesiredState) -> ReconcileResult:
+        self.programmed.append((time.monotonic(), frozenset(f.key for f in desired.l4)))
+        return ReconcileResult(changed=len(desired.l4))
+
+    def read_counters(self) -> list[FrontendCounters]:
+        return []
+
+
+class SlowProxy:
+    """An L7 reconcile that blocks until released (a huge `haproxy -c`)."""
+
+    name = "proxy"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def reconcile(self, desired: DesiredState) -> ApplyResult:
+        self.calls += 1
+        if self.calls > 1:  # the first one (readiness) is quick
+            self.release.wait(10)
+        return ApplyResult(True, True)
+
+    def ensure_running(self) -> bool:
+        return True
+
+
+def objects(*routes: dict[str, Any]) -> Snapshot:
+    return snapshot(
+        gateway_class(),
+        gateway("gw", tcp("t1", 5001), tcp("t2", 5002), http("web", 80)),
+        backend_service("svc", "10.0.0.1"),
+        *routes,
+    )
+
+
+def test_an_l4_change_is_programmed_while_l7_is_stuck() -> None:
+    web = httproute("web", rule(backend("svc")), parents=[{"name": "gw", "sectionName": "web"}])
+    one = tcproute("one", backend("svc"), parents=[{"name": "gw", "sectionName": "t1"}])
+    two = tcproute("two", backend("svc"), parents=[{"name": "gw", "sectionName": "t2"}])
+    source = FakeSource(objects(web, one))
+    plane = FakeDataplane()
+    proxy = SlowProxy()
+    agent = Agent(
+        source=source,
+        dataplane=plane,
+        metrics=AgentMetrics(version="t", dataplane="fake", node="n"),
+        settings=SyncSettings(controller_name=CONTROLLER, debounce=0.01),
+        proxy=proxy,  # type: ignore[arg-type]
+    )
+
+    async def scenario() -> float:
+        task = asyncio.create_task(agent.run())
+        while not agent.ready:
+            await asyncio.sleep(0.01)
+        # An L7 change the proxy chews on for seconds ...
+        web2 = httproute(
+            "web",
+            rule(backend("svc")),
+            parents=[{"name": "gw", "sectionName": "web"}],
+            hostnames=["x.example"],
+        )
+        source.set(objects(web2, one))
+        while proxy.calls < 2:
+            await asyncio.sleep(0.01)
+        # ... then an L4 change: programmed without waiting for it.
+        t0 = time.monotonic()
+        source.set(objects(web2, one, two))
+        while not any(("192.0.2.10", "tcp", 5002) in keys for _, keys in plane.programmed):
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - t0 < 3, "the L4 change waited behind L7"
+        took = time.monotonic() - t0
+        assert not proxy.release.is_set() and proxy.calls == 2
+        proxy.release.set()
+        agent.stop()
+        await task
+        return took
+
+    took = asyncio.run(scenario())
+    print(f"\nL4 change programmed {took * 1000:.0f} ms after it was made, L7 still busy")
+
+
+def test_the_storm_pace_never_waits_longer_than_its_cap() -> None:
+    agent = Agent(
+        source=FakeSource(objects()),
+        dataplane=FakeDataplane(),
+        metrics=AgentMetrics(version="t", dataplane="fake", node="n"),
+        settings=SyncSettings(controller_name=CONTROLLER),
+    )
+
+    async def scenario() -> float:
+        agent._storm = True
+        agent._last_sync_cost = 60.0  # a sync that once took a minute
+        agent._last_sync_end = time.monotonic()
+        daemon.MAX_PACE = 0.2
+        t0 = time.monotonic()
+        await agent._pace()
+        return time.monotonic() - t0
+
+    saved = daemon.MAX_PACE
+    try:
+        waited = asyncio.run(scenario())
+    finally:
+        daemon.MAX_PACE = saved
+    assert waited < 1.0
+
+
+def test_healthz_fails_when_the_sync_loop_stops_making_progress() -> None:
+    agent = Agent(
+        source=FakeSource(objects()),
+        dataplane=FakeDataplane(),
+        metrics=AgentMetrics(version="t", dataplane="fake", node="n"),
+        settings=SyncSettings(controller_name=CONTROLLER),
+    )
+    assert agent.healthy() == (True, "ok")
+    agent._sync_progress = time.monotonic() - daemon.STALL_AFTER - 1
+    ok, why = agent.healthy()
+    assert not ok and "no progress" in why
+    agent._sync_progress = time.monotonic()
+    agent._proxy_busy_since = time.monotonic() - daemon.STALL_AFTER - 1
+    ok, why = agent.healthy()
+    assert not ok and "L7 reconcile" in why
