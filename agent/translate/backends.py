@@ -83,6 +83,9 @@ class BackendResolver:
     def _resolve_service(self, key: Key, port: int, protocol: str) -> Resolution:
         service = self._index.services.get(key)
         if service is None:
+            invalid = self._index.invalid.get(("Service", key))
+            if invalid is not None:
+                return RefError(R_BACKEND_NOT_FOUND, f"Service {key} is invalid: {invalid}")
             return RefError(R_BACKEND_NOT_FOUND, f"Service {key} not found")
         if service.type == "ExternalName":
             return RefError(R_BACKEND_NOT_FOUND, f"Service {key}: ExternalName is not supported")

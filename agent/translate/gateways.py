@@ -549,8 +549,10 @@ def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
             continue
         secret = index.secrets.get(Key(namespace, ref.name))
         if secret is None:
+            invalid = index.invalid.get(("Secret", Key(namespace, ref.name)))
+            found = f"is invalid: {invalid}" if invalid is not None else "not found"
             problems.append(
-                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} not found")
+                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} {found}")
             )
             continue
         cert, key = secret.get("tls.crt"), secret.get("tls.key")

@@ -20,6 +20,9 @@ class SnapshotIndex:
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     secrets: dict[Key, Secret] = field(default_factory=dict)
     grants: dict[str, list[ReferenceGrant]] = field(default_factory=dict)
+    # (kind, key) -> why a Service, EndpointSlice or Secret could not be read:
+    # a reference to one says so instead of "not found".
+    invalid: dict[tuple[str, Key], str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, snapshot: Snapshot) -> SnapshotIndex:
@@ -34,6 +37,7 @@ class SnapshotIndex:
         index.secrets = {s.meta.key: s for s in snapshot.secrets}
         for grant in snapshot.reference_grants:
             index.grants.setdefault(grant.meta.namespace, []).append(grant)
+        index.invalid = {(inv.kind, inv.meta.key): inv.error for inv in snapshot.invalid}
         return index
 
     def namespace_labels(self, name: str) -> dict[str, str]:

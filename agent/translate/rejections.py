@@ -6,7 +6,9 @@ a cluster a misspelled field shows nowhere but in `kubectl get -o yaml`.  This
 module turns the StatusReport into one `Rejection` per refusing condition
 (`Accepted=False`, `ResolvedRefs=False`, `Programmed=False`, `Conflicted=True`)
 on a GatewayClass, a Gateway or one of its listeners, or a route's parentRef,
-with the manifest's FILE:LINE when there is one.  It also names GatewayClasses
+and one per malformed object of a kind that has no status (a Service,
+EndpointSlice or Secret: a route that uses it only sees no endpoints), with
+the manifest's FILE:LINE when there is one.  It also names GatewayClasses
 that no agent with this controller name serves, since their Gateways would
 otherwise vanish from the output without a word.
 
@@ -32,6 +34,8 @@ from agent.translate.status import (
     StatusReport,
 )
 
+# Kinds gatewaylb reads that carry no status it could write.
+STATUSLESS_KINDS = frozenset({"Service", "EndpointSlice", "Secret", "Namespace", "ReferenceGrant"})
 # Conditions that refuse when False; Conflicted refuses when True.
 _REFUSING_WHEN_FALSE = (ACCEPTED, RESOLVED_REFS, PROGRAMMED)
 
@@ -96,9 +100,7 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
     sources = _sources(snapshot)
     out: list[Rejection] = []
     for obj in report.objects:
-        source = sources.get((obj.kind, obj.namespace, obj.name), "")
-        if source.startswith(f"{obj.kind} "):
-            source = ""  # from the API server: the source only names the object again
+        source = _file_source(obj.kind, sources.get((obj.kind, obj.namespace, obj.name), ""))
         parts: list[tuple[str, tuple[Condition, ...]]] = []
         status = obj.status
         if isinstance(status, GatewayClassStatus):
@@ -127,7 +129,28 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
                 )
                 for (reason, message), states in merged.items()
             ]
+    # Kinds without a status of their own: a malformed one is only ever said here.
+    for inv in snapshot.invalid:
+        if inv.kind in STATUSLESS_KINDS:
+            out.append(
+                Rejection(
+                    inv.kind,
+                    inv.meta.namespace,
+                    inv.meta.name,
+                    _file_source(inv.kind, inv.meta.source),
+                    "",
+                    "Invalid",
+                    "Invalid",
+                    inv.error,
+                )
+            )
     return tuple(out)
+
+
+def _file_source(kind: str, source: str) -> str:
+    """The manifest's FILE:LINE; "" for objects from the API server, whose
+    source only names the object again."""
+    return "" if source.startswith(f"{kind} ") else source
 
 
 def rejected_counts(found: tuple[Rejection, ...]) -> dict[tuple[str, str], int]:

@@ -31,11 +31,17 @@ from tests.unit.helpers import (
     CONTROLLER,
     backend,
     backend_service,
+    endpointslice,
     gateway,
     gateway_class,
     http,
+    https,
+    listener_status,
     parent,
+    secret,
+    service,
     snapshot,
+    svc_port,
     tcp,
     tcproute,
 )
@@ -230,3 +236,37 @@ def test_translate_mentions_a_misspelled_controller_name(tmp_path: Path) -> None
     assert json.loads(out.stdout)["objects"] == []
     assert "spec.controllerName 'gatewaylb.io/agnet'" in out.stderr
     assert "did you mean 'gatewaylb.io/agent'?" in out.stderr
+
+
+def test_a_malformed_endpointslice_or_secret_is_said_not_hidden() -> None:
+    bad_slice = endpointslice("svc", {"addresses": ["10.0.0.1:9000 backup"]})
+    bad_secret = secret("cert")
+    bad_secret["data"]["tls.crt"] = "not base64!"
+    snap = snapshot(
+        gateway_class(),
+        gateway("gw", tcp("t", 5000), https("web", 443)),
+        service("svc", svc_port(80, 8080)),
+        bad_slice,
+        bad_secret,
+        tcproute("r", backend("svc"), parents=[parent(section="t")]),
+    )
+    tr = translate(snap, CONTROLLER)
+    found = {(r.kind, r.name): r for r in rejections(snap, tr.status)}
+    es = found[("EndpointSlice", "svc-ipv4")]
+    assert es.reason == "Invalid" and "invalid IP address '10.0.0.1:9000 backup'" in es.message
+    assert found[("Secret", "cert")].message == "data.tls.crt: is not valid base64"
+    # The listener says why it cannot use the Secret, rather than "not found".
+    web = listener_status(tr, "web")
+    refs = next(c for c in web["conditions"] if c["type"] == "ResolvedRefs")
+    assert "Secret default/cert is invalid: data.tls.crt: is not valid base64" in refs["message"]
+    assert rejected_counts(tuple(found.values()))[("EndpointSlice", "Invalid")] == 1
+
+
+def test_a_route_to_a_malformed_service_says_it_is_invalid() -> None:
+    bad = service("svc", svc_port(80, 8080))
+    bad["spec"]["ports"][0]["protocol"] = "ICMP"
+    snap = snapshot(gateway_class(), gateway("gw"), bad, tcproute("r", backend("svc")))
+    tr = translate(snap, CONTROLLER)
+    messages = [r.message for r in rejections(snap, tr.status) if r.kind == "TCPRoute"]
+    want = "Service default/svc is invalid: spec.ports[0].protocol"
+    assert any(want in m for m in messages), messages
