@@ -50,6 +50,8 @@ MAX_PACE = 5.0
 # still syncs every rescan interval (10 s); the slowest legitimate sync seen
 # (10k frontends, cold) takes a few seconds.
 STALL_AFTER = 120.0
+# New problems said per sync: thousands of junk documents must not flood the log.
+LOG_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,10 +476,13 @@ class Agent:
         """Files or documents that cannot be used, and unknown kinds and
         fields: each said once while it lasts."""
         current = frozenset(errors) | frozenset(warnings)
-        for message in sorted(frozenset(errors) - self._source_problems):
-            log.warning("event=source_problem message=%r", message)
-        for message in sorted(frozenset(warnings) - self._source_problems):
-            log.warning("event=manifest_warning message=%r", message)
+        new = [("source_problem", m) for m in sorted(frozenset(errors) - self._source_problems)]
+        new += [
+            ("manifest_warning", m) for m in sorted(frozenset(warnings) - self._source_problems)
+        ]
+        for event, message in new[:LOG_LIMIT]:
+            log.warning("event=%s message=%r", event, message)
+        _said_more(len(new), "source problems and manifest warnings")
         self._source_problems = current
 
     def _report_rejections(self, snapshot: Snapshot, result: Translation) -> None:
@@ -485,7 +490,9 @@ class Agent:
         changes; one info line when it is accepted again; the counts by kind
         and reason in `gatewaylb_rejected_objects`."""
         current = frozenset(rejections(snapshot, result.status))
-        for r in sorted(current - self._rejections, key=_rejection_order):
+        new = sorted(current - self._rejections, key=_rejection_order)
+        _said_more(len(new), "rejected objects")
+        for r in new[:LOG_LIMIT]:
             log.warning(
                 "event=object_rejected kind=%s object=%r source=%r where=%r condition=%s "
                 "reason=%s message=%r",
@@ -499,7 +506,7 @@ class Agent:
             )
         still = {(r.kind, r.namespace, r.name) for r in current}
         cleared = {(r.kind, r.namespace, r.name) for r in self._rejections} - still
-        for kind, namespace, name in sorted(cleared):
+        for kind, namespace, name in sorted(cleared)[:LOG_LIMIT]:
             log.info(
                 "event=object_accepted kind=%s object=%r",
                 kind,
@@ -630,6 +637,17 @@ class Agent:
             outcome = self._dataplane.reconcile(desired)
             self._desired = desired
         return outcome
+
+
+def _said_more(count: int, what: str) -> None:
+    if count > LOG_LIMIT:
+        log.warning(
+            "event=log_truncated what=%r shown=%d more=%d hint=%r",
+            what,
+            LOG_LIMIT,
+            count - LOG_LIMIT,
+            "see the status (file or API) or `gatewaylb translate --manifests DIR`",
+        )
 
 
 def _rejection_order(r: Rejection) -> tuple[str, str, str, str]:

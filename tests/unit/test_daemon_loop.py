@@ -4,9 +4,12 @@ slow L7 reconcile, the storm pace is capped, and /healthz sees a stuck loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
+
+import pytest
 
 from agent import daemon
 from agent.daemon import Agent, SyncSettings
@@ -190,3 +193,31 @@ def test_healthz_fails_when_the_sync_loop_stops_making_progress() -> None:
     agent._proxy_busy_since = time.monotonic() - daemon.STALL_AFTER - 1
     ok, why = agent.healthy()
     assert not ok and "L7 reconcile" in why
+
+
+def test_a_flood_of_bad_documents_is_said_once_and_capped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docs = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"s{i}"}, "spec": 7}
+        for i in range(5000)
+    ]
+    source = FakeSource(objects(*docs))
+    agent = Agent(
+        source=source,
+        dataplane=FakeDataplane(),
+        metrics=AgentMetrics(version="t", dataplane="fake", node="n"),
+        settings=SyncSettings(controller_name=CONTROLLER),
+    )
+
+    async def twice() -> None:
+        await agent.sync_once()
+        source.current = objects(*docs, tcproute("r", backend("svc")))  # an unrelated change
+        await agent.sync_once()
+
+    with caplog.at_level(logging.INFO, logger="gatewaylb.agent"):
+        asyncio.run(twice())
+    rejected = [r for r in caplog.records if "event=object_rejected" in r.getMessage()]
+    truncated = [r for r in caplog.records if "event=log_truncated" in r.getMessage()]
+    assert len(rejected) == daemon.LOG_LIMIT
+    assert len(truncated) == 1 and "more=4900" in truncated[0].getMessage()
