@@ -10,8 +10,8 @@ the Gateway API; it only enforces the shapes that an OpenAPI schema would.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, TypeVar
 
 # The same patterns the Gateway API CRDs and Kubernetes use, compiled once.
 DNS1123_SUBDOMAIN: Final = re.compile(
@@ -39,6 +39,42 @@ class FieldError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+class FieldErrors(FieldError):
+    """Several fields of one object are wrong: each is said (up to a bound),
+    not only the first, so one edit can fix them all."""
+
+    SHOWN: Final = 8
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        flat: list[FieldError] = []
+        for e in errors:
+            flat.extend(e.errors if isinstance(e, FieldErrors) else [e])
+        text = "; ".join(str(e) for e in flat[: self.SHOWN])
+        if len(flat) > self.SHOWN:
+            text += f"; and {len(flat) - self.SHOWN} more"
+        ValueError.__init__(self, text)
+        self.path = flat[0].path
+        self.message = text
+        self.errors: tuple[FieldError, ...] = tuple(flat)
+
+
+T = TypeVar("T")
+
+
+def each(items: Iterable[Fields], parse: Callable[[Fields], T]) -> list[T]:
+    """`parse` applied to every item; the errors of all items are raised together."""
+    out: list[T] = []
+    errors: list[FieldError] = []
+    for item in items:
+        try:
+            out.append(parse(item))
+        except FieldError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else FieldErrors(errors)
+    return out
 
 
 def type_name(value: object) -> str:

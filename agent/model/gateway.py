@@ -15,6 +15,7 @@ from agent.model.fields import (
     KIND_NAME,
     FieldError,
     Fields,
+    each,
 )
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, ObjectMeta
 
@@ -262,7 +263,7 @@ def _listener(f: Fields) -> Listener:
 def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
     spec = doc.obj("spec")
     listener_fields = spec.items("listeners", min_items=1, max_items=64)
-    listeners = tuple(_listener(lf) for lf in listener_fields)
+    listeners = tuple(each(listener_fields, _listener))
     names: set[str] = set()
     combos: set[tuple[int, str, str | None]] = set()
     for lf, listener in zip(listener_fields, listeners, strict=True):

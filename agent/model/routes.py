@@ -19,6 +19,7 @@ from agent.model.fields import (
     KIND_NAME,
     FieldError,
     Fields,
+    each,
 )
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, ObjectMeta
 
@@ -233,20 +234,19 @@ Route = HTTPRoute | GRPCRoute | L4Route
 # -- parsing: shared pieces --------------------------------------------------------
 
 
+def _parent_ref(f: Fields) -> ParentReference:
+    return ParentReference(
+        group=f.string("group", GATEWAY_GROUP, max_len=253, pattern=GROUP_NAME),
+        kind=f.string("kind", "Gateway", max_len=63, min_len=1, pattern=KIND_NAME),
+        namespace=f.opt_string("namespace", max_len=63, pattern=DNS1123_LABEL) or None,
+        name=f.string("name", max_len=253, min_len=1),
+        section_name=f.opt_string("sectionName", max_len=253, pattern=DNS1123_SUBDOMAIN) or None,
+        port=f.opt_integer("port", minimum=1, maximum=65535),
+    )
+
+
 def parse_parent_refs(spec: Fields) -> tuple[ParentReference, ...]:
-    refs = []
-    for f in spec.items("parentRefs", max_items=32):
-        refs.append(
-            ParentReference(
-                group=f.string("group", GATEWAY_GROUP, max_len=253, pattern=GROUP_NAME),
-                kind=f.string("kind", "Gateway", max_len=63, min_len=1, pattern=KIND_NAME),
-                namespace=f.opt_string("namespace", max_len=63, pattern=DNS1123_LABEL) or None,
-                name=f.string("name", max_len=253, min_len=1),
-                section_name=f.opt_string("sectionName", max_len=253, pattern=DNS1123_SUBDOMAIN)
-                or None,
-                port=f.opt_integer("port", minimum=1, maximum=65535),
-            )
-        )
+    refs = each(spec.items("parentRefs", max_items=32), _parent_ref)
     # CEL: several references to one parent must each name a distinct section/port,
     # and either all of them or none of them set sectionName (and likewise port).
     by_parent: dict[tuple[str, str, str | None, str], list[ParentReference]] = {}
@@ -582,53 +582,52 @@ def _prefix_rewrite_needs_one_prefix_match(
             )
 
 
+def _http_rule(r: Fields) -> HTTPRouteRule:
+    match_fields = r.items("matches", max_items=64)
+    matches = (
+        tuple(_http_match(m) for m in match_fields)
+        if r.has("matches")
+        else (HTTPRouteMatch(StringMatch("PathPrefix", "", "/"), (), (), None),)
+    )
+    filters = parse_filters(r, allowed=HTTP_FILTERS)
+    backend_refs = _backend_refs(r, filters=HTTP_FILTERS)
+    if backend_refs and any(f.type == "RequestRedirect" for f in filters):
+        raise r.error(
+            "filters", "a RequestRedirect filter must not be used together with backendRefs"
+        )
+    _prefix_rewrite_needs_one_prefix_match(r, filters, matches)
+    for b in backend_refs:
+        _prefix_rewrite_needs_one_prefix_match(r, b.filters, matches)
+    timeouts = None
+    t = r.opt_obj("timeouts")
+    if t is not None:
+        timeouts = Timeouts(
+            request=t.opt_string("request", pattern=GEP2257_DURATION),
+            backend_request=t.opt_string("backendRequest", pattern=GEP2257_DURATION),
+        )
+        req = duration_seconds(timeouts.request)
+        backend = duration_seconds(timeouts.backend_request)
+        if req and backend is not None and backend > req:
+            raise t.error("backendRequest", "cannot be longer than the request timeout")
+    return HTTPRouteRule(
+        name=r.opt_string("name") or None,
+        matches=matches,
+        filters=filters,
+        backend_refs=backend_refs,
+        timeouts=timeouts,
+        has_retry=r.has("retry"),
+        has_session_persistence=r.has("sessionPersistence"),
+    )
+
+
 def parse_http_route(doc: Fields, meta: ObjectMeta) -> HTTPRoute:
     spec = doc.opt_obj("spec") or Fields({}, "spec")
     rule_fields = spec.items("rules", max_items=16)
     if not spec.has("rules"):
         rule_fields = [Fields({}, spec.at("rules[0]"))]
     _rule_names(rule_fields, spec)
-    rules = []
-    total_matches = 0
-    for r in rule_fields:
-        match_fields = r.items("matches", max_items=64)
-        matches = (
-            tuple(_http_match(m) for m in match_fields)
-            if r.has("matches")
-            else (HTTPRouteMatch(StringMatch("PathPrefix", "", "/"), (), (), None),)
-        )
-        total_matches += len(match_fields)
-        filters = parse_filters(r, allowed=HTTP_FILTERS)
-        backend_refs = _backend_refs(r, filters=HTTP_FILTERS)
-        if backend_refs and any(f.type == "RequestRedirect" for f in filters):
-            raise r.error(
-                "filters", "a RequestRedirect filter must not be used together with backendRefs"
-            )
-        _prefix_rewrite_needs_one_prefix_match(r, filters, matches)
-        for b in backend_refs:
-            _prefix_rewrite_needs_one_prefix_match(r, b.filters, matches)
-        timeouts = None
-        t = r.opt_obj("timeouts")
-        if t is not None:
-            timeouts = Timeouts(
-                request=t.opt_string("request", pattern=GEP2257_DURATION),
-                backend_request=t.opt_string("backendRequest", pattern=GEP2257_DURATION),
-            )
-            req = duration_seconds(timeouts.request)
-            backend = duration_seconds(timeouts.backend_request)
-            if req and backend is not None and backend > req:
-                raise t.error("backendRequest", "cannot be longer than the request timeout")
-        rules.append(
-            HTTPRouteRule(
-                name=r.opt_string("name") or None,
-                matches=matches,
-                filters=filters,
-                backend_refs=backend_refs,
-                timeouts=timeouts,
-                has_retry=r.has("retry"),
-                has_session_persistence=r.has("sessionPersistence"),
-            )
-        )
+    rules = each(rule_fields, _http_rule)
+    total_matches = sum(len(r.items("matches", max_items=64)) for r in rule_fields)
     if total_matches > 128:
         raise spec.error(
             "rules", "the total number of matches across all rules must be at most 128"
@@ -724,11 +723,13 @@ def parse_l4_route(doc: Fields, meta: ObjectMeta, *, kind: str, version: str) ->
     rule_fields = spec.items("rules", min_items=1, max_items=1 if single_rule else 16)
     _rule_names(rule_fields, spec)
     rules = tuple(
-        L4RouteRule(
-            name=r.opt_string("name") or None,
-            backend_refs=_backend_refs(r, filters=None, min_items=1),
+        each(
+            rule_fields,
+            lambda r: L4RouteRule(
+                name=r.opt_string("name") or None,
+                backend_refs=_backend_refs(r, filters=None, min_items=1),
+            ),
         )
-        for r in rule_fields
     )
     hostnames: tuple[str, ...] = ()
     if kind == TLS_ROUTE:

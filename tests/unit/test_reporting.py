@@ -44,6 +44,7 @@ from tests.unit.helpers import (
     svc_port,
     tcp,
     tcproute,
+    udp,
 )
 
 
@@ -270,3 +271,19 @@ def test_a_route_to_a_malformed_service_says_it_is_invalid() -> None:
     messages = [r.message for r in rejections(snap, tr.status) if r.kind == "TCPRoute"]
     want = "Service default/svc is invalid: spec.ports[0].protocol"
     assert any(want in m for m in messages), messages
+
+
+def test_every_bad_listener_and_rule_of_an_object_is_said_not_only_the_first() -> None:
+    gw = gateway("gw", tcp("a", 70000), tcp("b", 80), udp("c", 0))
+    route = tcproute("r", backend("svc"), api_version="gateway.networking.k8s.io/v1alpha2")
+    route["spec"]["rules"] = [{"backendRefs": []}, {"backendRefs": [{"name": "x", "port": -1}]}]
+    route["spec"]["parentRefs"] = [{"name": "gw", "port": 99999}]
+    snap = snapshot(gateway_class(), gw, route)
+    found = {r.kind: r for r in rejections(snap, translate(snap, CONTROLLER).status)}
+    message = found["Gateway"].message
+    assert "spec.listeners[0].port: must be at most 65535" in message
+    assert "spec.listeners[2].port: must be at least 1" in message
+    assert "spec.listeners[1]" not in message
+    invalid = next(i for i in snap.invalid if i.kind == "TCPRoute")
+    assert "spec.rules[0].backendRefs" in invalid.error
+    assert "spec.rules[1].backendRefs[0].port" in invalid.error
