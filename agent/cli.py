@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -59,6 +61,7 @@ DEFAULT_BGP_API_PORT = 50052  # not gobgpd's own default (50051), which a host d
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVICE_ACCOUNT_NAMESPACE = SERVICE_ACCOUNT_TOKEN.with_name("namespace")
 DEFAULT_LEASE_NAMESPACE = "gatewaylb-system"
+MANIFEST_CACHE = "manifest-cache"  # under --run-dir: each manifest's last good content
 
 
 @click.group(
@@ -271,7 +274,9 @@ def run_command(
     events: EventRecorder | None = None
     source: Source
     if manifests is not None:
-        source = FileSource(manifests)
+        # The last good content of each file survives a restart (a file half-saved
+        # while the agent was down keeps its objects); /run: not a reboot.
+        source = FileSource(manifests, cache_dir=run_dir / MANIFEST_CACHE)
         where = str(manifests)
         if status_file is None:
             metrics.add_status_writer(lambda: ("disabled", "NoStatusFile"))
@@ -301,7 +306,9 @@ def run_command(
         ),
         node_addresses=node_addresses,
         status_writers=writers,
-        proxy=ProxyReconciler(ProxyWorker(run_dir / "proxy", threads=proxy_threads)),
+        proxy=ProxyReconciler(
+            ProxyWorker(run_dir / "proxy", threads=proxy_threads, node_name=node_name)
+        ),
         node_vips=NodeVIPs(VIPAddresses(), VIPGuard()),
         events=events,
         announcer=(
@@ -412,6 +419,11 @@ def cleanup_command(
         if worker.master_pid() is not None or worker.config_path.exists():
             ProxyReconciler(worker).cleanup()
             removed.append(f"the proxy worker under {directory / 'proxy'}")
+        cache = directory / MANIFEST_CACHE
+        # Only a cache the agent made: a real directory of root's.
+        if cache.is_dir() and not cache.is_symlink() and cache.stat().st_uid == os.geteuid():
+            shutil.rmtree(cache, ignore_errors=True)
+            removed.append(f"the manifest cache {cache}")
     cgroup = None if cgroup_path == "auto" else cgroup_path
     removed += cleanup_all(DataplaneOptions(bpf_pin_dir=bpf_pin_dir, cgroup_path=cgroup))
     addresses = VIPAddresses().cleanup()

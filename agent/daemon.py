@@ -283,7 +283,9 @@ class Agent:
         started = time.monotonic()
         if not self._source.synced():
             return True  # never program a partial view of the cluster
-        snapshot = self._source.snapshot()
+        # In a thread: reading a large manifest directory takes seconds of CPU,
+        # and the loop must keep serving /healthz, status writes and the L7 lane.
+        snapshot = await asyncio.to_thread(self._source.snapshot)
         if snapshot is self._synced_snapshot:
             return True  # nothing changed since the last good sync (a periodic rescan)
         errors = self._source.errors()
@@ -388,18 +390,24 @@ class Agent:
                 continue
             self._proxy_busy_since = time.monotonic()
             try:
-                ok = await self._apply_l7(desired)
+                ok, retry_after = await self._apply_l7(desired)
             finally:
                 self._proxy_busy_since = None
             if not self._proxy_dirty.is_set():
                 self._proxy_attempted.set()
-            backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
+            if not ok:
+                backoff = min(self._settings.max_backoff, max(0.5, backoff * 2))
+            else:
+                # Something left out may clear by itself (a port another process
+                # holds): the same desired state is tried again after a while.
+                backoff = retry_after or 0.0
 
-    async def _apply_l7(self, desired: DesiredState) -> bool:
+    async def _apply_l7(self, desired: DesiredState) -> tuple[bool, float | None]:
+        """(applied, retry after so many seconds even if nothing changes)."""
         before = self._proxy_problems
         if not await self._node_vips_step("grow", desired):
-            return False
-        ok = await self._reconcile_proxy(desired)
+            return False, None
+        ok, retry_after = await self._reconcile_proxy(desired)
         if ok and not await self._node_vips_step("shrink", desired):
             ok = False
         if self._proxy_problems != before:
@@ -412,7 +420,7 @@ class Agent:
                     self._queue_status(snapshot, result)
             if self._events is not None and self._proxy_problems:
                 await asyncio.to_thread(self._record_proxy_events, self._proxy_problems)
-        return ok
+        return ok, retry_after
 
     def _with_proxy_problems(self, result: Translation) -> Translation:
         if not self._proxy_problems:
@@ -558,22 +566,22 @@ class Agent:
             if pending is not None:
                 await self._write_status(*pending)
 
-    async def _reconcile_proxy(self, desired: DesiredState) -> bool:
+    async def _reconcile_proxy(self, desired: DesiredState) -> tuple[bool, float | None]:
         if self._proxy is None:
-            return True
+            return True, None
         t0 = time.monotonic()
         try:
             applied = await asyncio.to_thread(self._proxy.reconcile, desired)
         except Exception:
             self._metrics.sync_errors.labels("proxy").inc()
             log.exception("event=reconcile_failed reconciler=proxy")
-            return False
+            return False, None
         finally:
             self._metrics.sync_duration.labels("proxy").observe(time.monotonic() - t0)
         self._proxy_problems = applied.problems
         if not applied.ok:
             self._metrics.sync_errors.labels("proxy").inc()
-        return applied.ok
+        return applied.ok, applied.retry_after
 
     async def _announce(self, desired: DesiredState) -> None:
         """After the dataplane: a VIP is announced only once it is served."""

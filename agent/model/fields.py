@@ -77,6 +77,14 @@ def each(items: Iterable[Fields], parse: Callable[[Fields], T]) -> list[T]:
     return out
 
 
+def _number(value: int) -> str:
+    """An int as text, short: YAML reads a 5000-digit literal, and str() of it
+    raises ValueError (CPython's limit of 4300 digits)."""
+    if value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return str(value)
+
+
 def type_name(value: object) -> str:
     if value is None:
         return "null"
@@ -180,9 +188,9 @@ class Fields:
                 raise self.error(key, f"must be an integer, got {value!r}")
             value = int(value)
         if minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
+            raise self.error(key, f"must be at least {minimum}, got {_number(value)}")
         if maximum is not None and value > maximum:
-            raise self.error(key, f"must be at most {maximum}, got {value}")
+            raise self.error(key, f"must be at most {maximum}, got {_number(value)}")
         return value
 
     def opt_integer(

@@ -3,18 +3,25 @@
 - `render.render(listeners, run_dir)` (pure) turns the L7 listeners of a
   DesiredState into one complete HAProxy configuration plus the files it needs
   (certificate PEMs, crt-lists), and a list of `Problem`s: the (route, rule,
-  reason) left out because a value could not be represented safely.  Escaping
-  rules are in `escape`; routing semantics in `render`'s docstring.
+  reason) left out because a value could not be represented safely or the
+  route is over the configuration's `Budget` (ACLs, servers, bytes: what keeps
+  `haproxy -c` near a second).  Escaping rules are in `escape`; routing
+  semantics in `render`'s docstring.
+- `ports`: the listeners HAProxy could not bind (a port another process of the
+  node holds), found by binding them from the agent before a reload.
+- `feedback.apply_problems` (pure) folds the Problems into the StatusReport.
 - `worker.ProxyWorker(run_dir).apply(listeners) -> ApplyResult` runs HAProxy in
-  master-worker mode under `run_dir` (never the system service): render,
-  `haproxy -c` the candidate, replace atomically, `reload` through the master
-  socket; a refused candidate leaves the previous configuration in force and
-  the refused routes are isolated and reported.  `ensure_running()` restarts a
-  dead master with back-off, a running master found through the pidfile and
-  its socket is adopted, `stop()` cleans up.  Reloads drop nothing: listening
-  sockets pass to the new worker (`expose-fd listeners`), old workers close
-  idle keep-alive connections only after answering the request in flight
-  (`option idle-close-on-response`), and give up after `hard-stop-after`.
+  master-worker mode under `run_dir` (never the system service): pre-check the
+  ports, render, `haproxy -c` the candidate, replace atomically, `reload`
+  through the master socket; a refused candidate leaves the previous
+  configuration in force and the refused routes are isolated and reported; a
+  refused reload is rolled back and not retried with the same input.
+  `ensure_running()` restarts a dead master with back-off, a running master
+  found through the pidfile and its socket is adopted, `stop()` cleans up.
+  Reloads drop nothing: listening sockets pass to the new worker (`expose-fd
+  listeners`), old workers close idle keep-alive connections only after
+  answering the request in flight (`option idle-close-on-response`), and give
+  up after `hard-stop-after`.
 
 Kernel steering (how a packet for VIP:port reaches HAProxy): the VIPs of L7
 listeners are local host addresses of the node (/32, /128 on `lo`, marked with

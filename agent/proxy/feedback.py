@@ -1,10 +1,14 @@
 """What the proxy could not serve, written into the routes' and listeners' status.
 
 translate decides status from the objects alone; a few things are only known
-once the configuration is rendered (a value that cannot be written safely into
-HAProxy's syntax, a certificate the TLS library refuses).  Those come back as
-`Problem`s and are folded into the StatusReport here, so a user reads them on
-the object instead of in the agent's log.  Pure.
+once the configuration is rendered or about to be loaded (a value that cannot
+be written safely into HAProxy's syntax, a route over the configuration's
+budget, a certificate the TLS library refuses, a listener port another process
+holds on this node).  Those come back as `Problem`s and are folded into the
+StatusReport here, so a user reads them on the object instead of in the
+agent's log: a route's as Accepted=False (whole route) or PartiallyInvalid
+(some rules), a listener's as Programmed=False, with the Problem's
+`status_reason` when it has one (`PortUnavailable`).  Pure.
 """
 
 from __future__ import annotations
@@ -51,8 +55,13 @@ def apply_problems(report: StatusReport, problems: tuple[Problem, ...]) -> Statu
     return StatusReport(tuple(objects))
 
 
+def _status_reason(problems: list[Problem], default: str) -> str:
+    return next((p.status_reason for p in problems if p.status_reason), default)
+
+
 def _route(obj: ObjectStatus, status: RouteStatus, problems: list[Problem]) -> ObjectStatus:
     whole = [p for p in problems if p.rule is None]
+    reason = _status_reason(problems, R_UNSUPPORTED_VALUE)
     message = "; ".join(
         f"rule {p.rule}: {p.reason}" if p.rule is not None else p.reason for p in problems
     )[:1024]
@@ -63,19 +72,11 @@ def _route(obj: ObjectStatus, status: RouteStatus, problems: list[Problem]) -> O
         if accepted is not None and accepted.status:
             gen = accepted.observed_generation
             if whole:
-                conds = _replace(
-                    conds, Condition(ACCEPTED, False, R_UNSUPPORTED_VALUE, message, gen)
-                )
+                conds = _replace(conds, Condition(ACCEPTED, False, reason, message, gen))
             else:
                 conds = _replace(
                     conds,
-                    Condition(
-                        PARTIALLY_INVALID,
-                        True,
-                        R_UNSUPPORTED_VALUE,
-                        f"Dropped Rule(s): {message}",
-                        gen,
-                    ),
+                    Condition(PARTIALLY_INVALID, True, reason, f"Dropped Rule(s): {message}", gen),
                 )
         parents.append(RouteParentStatus(parent.parent_ref, parent.controller_name, conds))
     return dataclasses.replace(obj, status=RouteStatus(tuple(parents)))
@@ -93,10 +94,11 @@ def _gateway(
             changed = True
             gen = next((c.observed_generation for c in ls.conditions), 0)
             message = "; ".join(p.reason for p in problems)[:1024]
+            reason = _status_reason(problems, R_INVALID)
             ls = dataclasses.replace(
                 ls,
                 conditions=_replace(
-                    ls.conditions, Condition(PROGRAMMED, False, R_INVALID, message, gen)
+                    ls.conditions, Condition(PROGRAMMED, False, reason, message, gen)
                 ),
             )
         listeners.append(ls)

@@ -29,9 +29,10 @@ class ProxyReconciler:
         result = self.worker.apply(desired.l7)
         for problem in result.problems:
             log.warning(
-                "event=l7_problem route=%r rule=%s reason=%r",
+                "event=l7_problem route=%r rule=%s status_reason=%s reason=%r",
                 problem.route,
                 problem.rule,
+                problem.status_reason or "-",
                 problem.reason,
             )
         if result.error:

@@ -10,11 +10,26 @@ Everything lives under one run directory (default /run/gatewaylb/proxy):
     health.sock     a tiny HTTP frontend answering 200 (liveness)
     certs/          certificate+key PEM files and crt-lists, content-addressed
 
-`apply(listeners)` renders, writes certificates, checks the candidate with
-`haproxy -c`, and only then replaces haproxy.cfg and reloads through the master
-socket, waiting until the new worker runs.  A candidate that fails the check
-leaves the previous configuration in force; the routes responsible are found
-by bisection, left out and reported, so one bad route cannot block the others.
+`apply(listeners)` first binds, from the agent, every VIP:port the running
+worker does not already listen on (`ports`): a listener HAProxy could not bind
+is left out and reported, because one failed bind fails the whole reload and
+pauses every listener of the node for ~2 s.  It then renders (routes over the
+budget are left out and reported), writes certificates, checks the candidate
+with `haproxy -c` (bounded by `check_timeout`), and only then replaces
+haproxy.cfg and reloads through the master socket, waiting until the new
+worker runs.  A candidate that fails the check leaves the previous
+configuration in force; the routes responsible are found by bisection, left
+out and reported, so one bad route cannot block the others.
+
+A reload the master refuses anyway (a port taken between the probe and the
+reload, resources) is rolled back at once: the previous configuration is
+written back and reloaded into a fresh worker.  Measured with HAProxy 2.6: a
+refused reload keeps the running worker (after ~2 s with its listeners
+paused) but counts as one of its reloads, and once that count passes
+`mworker-max-reloads` the next good reload kills it at once instead of letting
+its connections finish; and a restart would start the refused file.  The
+refused configuration is remembered by digest and not tried again until the
+input changes or a back-off (5 s doubling to 5 min) passes.
 
 The master is started daemonised (`-W -D`): it is not the agent's child, so an
 agent that exits or crashes leaves traffic flowing, and a restarted agent
@@ -25,6 +40,8 @@ This never uses the system haproxy service or its files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -34,11 +51,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.osutil import terminate, write_atomically
+from agent.proxy import ports
+from agent.proxy.ports import Address, PortProbe, SocketProbe
 from agent.proxy.render import (
     CERT_DIR,
     HEALTH_SOCKET,
@@ -57,10 +76,24 @@ DEFAULT_RUN_DIR = "/run/gatewaylb/proxy"
 CONFIG = "haproxy.cfg"
 PIDFILE = "haproxy.pid"
 MASTER_SOCKET = "master.sock"
+# `haproxy -c` of the largest configuration within render.DEFAULT_BUDGET took
+# 1.1-1.3 s on 2 vCPUs; a check that runs longer is stopped and failed.
+CHECK_TIMEOUT = 10.0
+# A listener left out because its port is taken: apply again after this long
+# even when nothing else changed (the other process may have gone).
+PORT_RETRY = 10.0
+# A configuration the master refused: not tried again before this back-off,
+# doubling up to the maximum, unless the input changes.
+REFUSED_BACKOFF = 5.0
+REFUSED_BACKOFF_MAX = 300.0
 
 
 class ProxyError(RuntimeError):
     pass
+
+
+class CheckTimeout(ProxyError):
+    """`haproxy -c` ran past its timeout: no route's fault, nothing to isolate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +104,27 @@ class ApplyResult:
     changed: HAProxy was started or reloaded.
     problems: routes/rules/listeners left out, with the reason (for status).
     error: why the new configuration is not in force (the previous one is).
+    retry_after: seconds after which `apply` should be called again even if
+        the listeners did not change, because what made it fail or leave
+        something out may clear by itself (a port held by another process, a
+        refused reload in back-off); None: nothing to retry.
     """
 
     ok: bool
     changed: bool
     problems: tuple[Problem, ...] = ()
     error: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A configuration the master refused to load (by digest of its text)."""
+
+    digest: str
+    error: str
+    retry_at: float  # time.monotonic()
+    backoff: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +159,27 @@ class ProxyWorker:
         netns: str | None = None,
         reload_timeout: float = 10.0,
         threads: int | None = None,
+        node_name: str | None = None,
+        probe: PortProbe | None = None,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.haproxy = haproxy
         self.netns = netns
         self.reload_timeout = reload_timeout
         self.threads = threads if threads is not None else default_threads()
+        self.node_name = node_name or socket.gethostname()
+        self.probe: PortProbe = probe if probe is not None else SocketProbe(netns)
+        self.check_timeout = check_timeout
         self._lock = threading.RLock()
         self._cert_verdicts: dict[str, str | None] = {}
         self._next_start = 0.0
         self._backoff = 0.5
         self._last_listeners: tuple[L7Listener, ...] = ()
+        # What the running worker listens on, as far as this object knows
+        # (empty for a master it adopted: the kernel is asked instead).
+        self._bound: frozenset[Address] = frozenset()
+        self.refused: Refused | None = None
         self.reloads = 0
 
     # -- paths ---------------------------------------------------------------------------
@@ -149,32 +207,94 @@ class ProxyWorker:
         with self._lock:
             self._last_listeners = tuple(listeners)
             self._prepare_dirs()
-            rejected = self._check_certificates(listeners)
-            rendered = self._render(listeners, rejected)
-            self._write_files(rendered)
             running = self.running()
-            current = self._read_config()
-            if running and current == rendered.text:
-                return ApplyResult(True, False, rendered.problems)
+            wanted = ports.addresses(listeners)
+            failed = ports.unusable(wanted, self._bound, self.probe, self._pids(running))
+            result = self._apply(listeners, failed, running)
+            if result.error is not None and result.changed:
+                # Refused and rolled back.  A port taken since the probe
+                # explains it: once more without that listener.
+                late = ports.unusable(wanted, self._bound, self.probe, self._pids(self.running()))
+                if set(late) - set(failed):
+                    log.warning("proxy: reload refused; ports now in use: %s", sorted(late))
+                    again = self._apply(listeners, {**failed, **late}, self.running())
+                    result = dataclasses.replace(again, changed=True)  # reloaded (rollback)
+            return result
+
+    def _apply(
+        self, listeners: Sequence[L7Listener], failed: Mapping[Address, int], running: bool
+    ) -> ApplyResult:
+        served, problems = ports.port_problems(listeners, failed, self.node_name)
+        retry = PORT_RETRY if problems else None
+        rejected = self._check_certificates(served)
+        rendered = self._render(served, rejected)
+        self._write_files(rendered)
+        current = self._read_config()
+        if running and current == rendered.text:
+            return ApplyResult(True, False, problems + rendered.problems, retry_after=retry)
+        digest = _digest(rendered.text)
+        refused = self.refused if self.refused and self.refused.digest == digest else None
+        now = time.monotonic()
+        if refused is not None and now < refused.retry_at:
+            wait = refused.retry_at - now
+            why = f"{refused.error} (the same configuration is not tried again for {wait:.0f} s)"
+            return ApplyResult(False, False, problems + rendered.problems, why, wait)
+        try:
             error = self._check(rendered.text)
             if error is not None:
                 log.warning("proxy configuration check failed, isolating: %s", error)
-                rendered, error = self._isolate(listeners, rejected, error)
-                if error is not None:
-                    return ApplyResult(False, False, rendered.problems, error)
-                self._write_files(rendered)
-                if running and current == rendered.text:
-                    return ApplyResult(True, False, rendered.problems)
-            self._install(rendered.text)
-            try:
-                if running:
-                    self._reload()
-                else:
-                    self._start()
-            except ProxyError as exc:
-                return ApplyResult(False, True, rendered.problems, str(exc))
-            self._collect_files(rendered)
-            return ApplyResult(True, True, rendered.problems)
+                rendered, error = self._isolate(served, rejected, error)
+        except CheckTimeout as exc:
+            error = str(exc)
+        if error is not None:
+            return ApplyResult(False, False, problems + rendered.problems, error)
+        # Isolation may have left routes out: the text can be another one.
+        self._write_files(rendered)
+        digest = _digest(rendered.text)
+        if running and current == rendered.text:
+            return ApplyResult(True, False, problems + rendered.problems, retry_after=retry)
+        problems += rendered.problems
+        self._install(rendered.text)
+        try:
+            if running:
+                self._reload()
+            else:
+                self._start()
+        except ProxyError as exc:
+            backoff = REFUSED_BACKOFF
+            if self.refused is not None and self.refused.digest == digest:
+                backoff = min(self.refused.backoff * 2, REFUSED_BACKOFF_MAX)
+            self.refused = Refused(digest, str(exc), time.monotonic() + backoff, backoff)
+            log.error("proxy: %s; rolling back, not tried again for %.0f s", exc, backoff)
+            self._roll_back(current, running)
+            return ApplyResult(False, True, problems, str(exc), backoff)
+        self.refused = None
+        self._bound = rendered.binds
+        self._collect_files(rendered)
+        return ApplyResult(True, True, problems, retry_after=retry)
+
+    def _roll_back(self, previous: str | None, running: bool) -> None:
+        """After a refused start or reload: the previous configuration back on
+        disk and, if a master runs, in a fresh worker."""
+        if previous is None:
+            self.config_path.unlink(missing_ok=True)
+            return
+        self._install(previous)
+        try:
+            if running and self.running():
+                self._reload()
+        except ProxyError as exc:
+            log.error("proxy: rollback reload failed: %s", exc)
+        else:
+            log.warning("proxy: reload refused; the previous configuration is back in force")
+
+    def _pids(self, running: bool) -> list[int]:
+        """Our HAProxy processes (master and workers), when a master runs."""
+        if not running:
+            return []
+        with contextlib.suppress(ProxyError):
+            return [p.pid for p in self.processes()]
+        return []
 
     def running(self) -> bool:
         """Is a master of ours alive and answering on its socket?"""
@@ -199,6 +319,7 @@ class ProxyWorker:
             self._next_start = now + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
             log.warning("proxy: HAProxy is not running; starting it")
+            self._bound = frozenset()  # a new master binds anew
             try:
                 if not self.config_path.exists():
                     self.apply(self._last_listeners)
@@ -207,7 +328,11 @@ class ProxyWorker:
                     self._start()
             except ProxyError as exc:
                 log.error("proxy: start failed: %s", exc)
-                return False
+                if not self._last_listeners:
+                    return False
+                # The last good configuration no longer starts (a port taken
+                # while HAProxy was down): the listeners again, checked first.
+                self.apply(self._last_listeners)
             return self.running()
 
     def master_pid(self) -> int | None:
@@ -322,13 +447,16 @@ class ProxyWorker:
     def _check(self, text: str) -> str | None:
         candidate = self.run_dir / (CONFIG + ".new")
         write_atomically(candidate, text.encode(), 0o600)
-        proc = subprocess.run(
-            [self.haproxy, "-c", "-f", str(candidate)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [self.haproxy, "-c", "-f", str(candidate)],
+                capture_output=True,
+                text=True,
+                timeout=self.check_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CheckTimeout(f"haproxy -c did not finish in {self.check_timeout:.0f} s") from None
         if proc.returncode == 0:
             return None
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "ALERT" in ln]
@@ -406,7 +534,12 @@ class ProxyWorker:
                 str(self.pidfile),
             ]
         )
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=2 * self.check_timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise ProxyError("haproxy did not start in time") from None
         if proc.returncode != 0:
             raise ProxyError(f"haproxy did not start (rc={proc.returncode}): {proc.stderr[-2000:]}")
         deadline = time.monotonic() + self.reload_timeout
@@ -448,6 +581,10 @@ class ProxyWorker:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _socket_command(path: Path, cmd: str, timeout: float) -> str:

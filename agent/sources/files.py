@@ -1,12 +1,21 @@
 """The standalone source: a directory of manifest files, read into Snapshots.
 
-Reads every *.yaml, *.yml and *.json below a directory (multi-document YAML,
-JSON objects or arrays, and `kind: List` wrappers), remembering where each
-document starts so that messages read FILE:LINE.  `ManifestDirectory` keeps the
+Reads every *.yaml, *.yml and *.json below a directory (`readfile` reads a
+file, `manifests` parses it, remembering where each document starts so that
+messages read FILE:LINE).  `ManifestDirectory` keeps the
 last good parse of every file: a file that is half-saved or broken is reported
 and its previous content stays in force, so a typo never removes working VIPs.
+With a cache directory (`contentcache`), that last good content also
+survives a restart.
 No API server validated these files, so unknown kinds and fields are warned
 about (Snapshot.warnings), as `kubectl --validate=strict` would.
+
+The files are untrusted input.  Only regular files are read (never a FIFO or a
+device, not even opened); every cost is bounded (`Limits`, here also over the
+whole directory); nothing a file holds can raise anything but `ManifestError`,
+and no file name can split a message made here over two lines.  Symbolic
+links to files are followed, links to directories are not (os.walk's
+default), so a cycle of links cannot loop.
 
 Knows nothing of the kernel or of Gateway API semantics.
 """
@@ -14,178 +23,302 @@ Knows nothing of the kernel or of Gateway API semantics.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from agent.model.snapshot import Snapshot, SnapshotBuilder
+from agent.sources.contentcache import ContentCache
 from agent.sources.inotify import DirectoryWatcher
+from agent.sources.manifests import (
+    DEFAULT_LIMITS,
+    SUFFIXES,
+    Limits,
+    Manifest,
+    ManifestError,
+    parse_bytes,
+    parse_text,
+    shown,
+)
+from agent.sources.readfile import read_bytes
 
-SUFFIXES = (".yaml", ".yml", ".json")
-# A manifest bigger than this is a mistake (or an attack), not configuration.
-MAX_FILE_BYTES = 64 * 1024 * 1024
+log = logging.getLogger(__name__)
 
-
-class ManifestError(Exception):
-    """A file that cannot be read or parsed; str() is 'FILE:LINE: message'."""
-
-    def __init__(self, path: str, line: int | None, message: str) -> None:
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}")
-        self.path = path
-        self.line = line
-
-
-# libyaml's parser when PyYAML was built with it (Debian's is): 20x faster than
-# the pure-Python one, which took 7 s for 10k routes.
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """Safe YAML without implicit timestamps: creationTimestamp stays the string
-    the API server would send, not a datetime."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ContentCache",
+    "FileSource",
+    "Limits",
+    "ManifestDirectory",
+    "ManifestError",
+    "load_directory",
+    "parse_text",
+    "read_manifest",
+]
 
 
-def _expand(doc: Any, source: str) -> Iterator[tuple[object, str]]:
-    """Unwrap `kind: List` and JSON arrays into their items."""
-    if isinstance(doc, list):
-        for item in doc:
-            yield from _expand(item, source)
-    elif isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-        for item in doc["items"]:
-            yield item, source
-    elif doc is not None:
-        yield doc, source
+def read_manifest(path: Path, limits: Limits = DEFAULT_LIMITS) -> Manifest:
+    """One file read and parsed; raises ManifestError and nothing else."""
+    return parse_bytes(read_bytes(path, limits.file_bytes), path, limits)
 
 
-def parse_text(text: str, path: str) -> list[tuple[object, str]]:
-    """Documents of one file with their 'FILE:LINE' source; raises ManifestError."""
-    docs: list[tuple[object, str]] = []
-    if path.endswith(".json"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(path, exc.lineno, exc.msg) from None
-        docs.extend(_expand(value, f"{path}:1"))
-        return docs
-    loader = _Loader(text)
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            line = node.start_mark.line + 1
-            docs.extend(_expand(loader.construct_document(node), f"{path}:{line}"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ManifestError(path, line, str(exc.problem or exc.context or "invalid YAML")) from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(path, None, str(exc)) from None
-    except RecursionError:
-        raise ManifestError(path, None, "document is nested too deeply") from None
-    finally:
-        loader.dispose()
-    return docs
+# -- the directory --------------------------------------------------------------------------
 
 
-def read_file(path: Path) -> list[tuple[object, str]]:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ManifestError(str(path), None, f"file is larger than {MAX_FILE_BYTES} bytes")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ManifestError(str(path), None, exc.strerror or str(exc)) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(str(path), None, f"not UTF-8: {exc.reason}") from None
-    return parse_text(text, str(path))
+@dataclass
+class Listing:
+    """The manifests below a directory; `complete` is False when some of it
+    could not be listed, and then nothing may be taken as deleted."""
+
+    paths: list[Path]
+    errors: list[ManifestError]
+    complete: bool
 
 
-def manifest_files(directory: Path) -> list[Path]:
+def list_manifests(directory: Path, max_files: int) -> Listing:
     """Every manifest below `directory`, sorted; hidden files and editors' temp
-    files (.foo.yaml.swp, #foo#) are skipped."""
+    files (.foo.yaml.swp, #foo#) are skipped.  Symbolic links to directories
+    are not followed (os.walk's default, kept on purpose): no cycle of links
+    can make the walk loop, and every file read lies below `directory` or is
+    named by a link that does."""
+    errors: list[ManifestError] = []
+
+    def unlistable(exc: OSError) -> None:
+        errors.append(ManifestError(exc.filename or directory, None, exc.strerror or str(exc)))
+
     found: list[Path] = []
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(directory, onerror=unlistable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith((".", "#")) or not name.endswith(SUFFIXES):
                 continue
+            if len(found) >= max_files:
+                error = ManifestError(directory, None, f"more than {max_files} manifest files")
+                return Listing([], [error], complete=False)
             found.append(Path(root) / name)
-    return sorted(found)
+    return Listing(sorted(found), errors, complete=not errors)
 
 
-def load_directory(directory: Path) -> Snapshot:
-    """One strict read: raises ManifestError on the first unreadable file."""
-    if not directory.is_dir():
-        raise ManifestError(str(directory), None, "not a directory")
-    builder = SnapshotBuilder(check_fields=True)
-    for path in manifest_files(directory):
-        builder.add_documents(read_file(path))
-    return builder.build()
+def manifest_files(directory: Path) -> list[Path]:
+    """Every manifest below `directory`, sorted (what `list_manifests` lists)."""
+    return list_manifests(directory, DEFAULT_LIMITS.files).paths
 
 
 @dataclass
-class _CachedFile:
-    stamp: tuple[int, int, int]  # mtime_ns, size, inode
-    docs: list[tuple[object, str]]
+class _Totals:
+    """What the files in force weigh together, against the directory limits."""
+
+    size: int = 0
+    tokens: int = 0
+    documents: int = 0
+
+    def add(self, manifest: Manifest, sign: int = 1) -> None:
+        self.size += sign * manifest.size
+        self.tokens += sign * manifest.tokens
+        self.documents += sign * len(manifest.docs)
+
+    def over(self, manifest: Manifest, limits: Limits) -> str | None:
+        """Why `manifest` does not fit besides the files in force, if it does not."""
+        if self.documents + len(manifest.docs) > limits.total_documents:
+            return f"{limits.total_documents} documents"
+        if self.tokens + manifest.tokens > limits.total_tokens:
+            return f"{limits.total_tokens} tokens"
+        if self.size + manifest.size > limits.total_bytes:
+            return f"{limits.total_bytes} bytes"
+        return None
+
+
+class _OverTotal(ManifestError):
+    """Refused for the directory's totals: worth another try when others change."""
+
+
+def _over_total(path: Path, what: str) -> _OverTotal:
+    return _OverTotal(path, None, f"not used: the manifests would hold more than {what}")
+
+
+def load_directory(directory: Path, limits: Limits = DEFAULT_LIMITS) -> Snapshot:
+    """One strict read: raises ManifestError on the first unreadable file."""
+    if not directory.is_dir():
+        raise ManifestError(directory, None, "not a directory")
+    listing = list_manifests(directory, limits.files)
+    if listing.errors:
+        raise listing.errors[0]
+    builder = SnapshotBuilder(check_fields=True)
+    totals = _Totals()
+    for path in listing.paths:
+        manifest = read_manifest(path, limits)
+        over = totals.over(manifest, limits)
+        if over is not None:
+            raise _over_total(path, over)
+        totals.add(manifest)
+        builder.add_documents(manifest.docs)
+    return builder.build()
+
+
+# -- the watched directory ------------------------------------------------------------------
+
+
+Stamp = tuple[int, int, int, int, int]  # dev, inode, mtime_ns, ctime_ns (chmod), size
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """The identity of what `path` holds now (of a dangling link: the link's);
+    None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+@dataclass
+class _FileState:
+    stamp: Stamp  # of the content last read, good or not
+    in_force: Manifest | None  # the last good parse (None: none yet)
+    error: ManifestError | None = None  # why the content at `stamp` is not in force
 
 
 @dataclass
 class ManifestDirectory:
     """A watched directory's contents; each rescan reuses unchanged files and
-    keeps the last good parse of broken ones."""
+    keeps the last good parse of broken ones (and, with a cache directory,
+    finds it again after a restart)."""
 
     directory: Path
-    _files: dict[Path, _CachedFile] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    limits: Limits = DEFAULT_LIMITS
     errors: list[ManifestError] = field(default_factory=list)
+    _files: dict[Path, _FileState] = field(default_factory=dict)
+    _totals: _Totals = field(default_factory=_Totals)
     _snapshot: Snapshot | None = None
+    _cache: ContentCache | None = None
+    _cache_error: ManifestError | None = None
+    _pruned: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cache_dir is not None:
+            try:
+                self._cache = ContentCache(self.cache_dir)
+            except ManifestError as exc:  # reported with every scan's errors
+                self._cache_error = exc
 
     def scan(self) -> Snapshot:
         """The directory's Snapshot; the very same object when nothing changed,
         so callers can skip work by identity."""
-        self.errors = []
-        paths = manifest_files(self.directory) if self.directory.is_dir() else []
-        seen: set[Path] = set()
+        if self.directory.is_dir():
+            listing = list_manifests(self.directory, self.limits.files)
+        else:
+            listing = Listing([], [], complete=True)
+        self.errors = list(listing.errors)
+        if self._cache_error is not None:
+            self.errors.append(self._cache_error)
         changed = False
-        for path in paths:
-            seen.add(path)
-            try:
-                st = path.stat()
-            except OSError:
-                continue  # removed between the listing and now
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            cached = self._files.get(path)
-            if cached is not None and cached.stamp == stamp:
+        if listing.complete:
+            listed = set(listing.paths)
+            for gone in [path for path in self._files if path not in listed]:
+                self._set_in_force(gone, None)
+                del self._files[gone]
+                if self._cache is not None:
+                    self._cache.forget(gone)  # a deleted file is a real removal
+                changed = True
+            if self._cache is not None and not self._pruned:
+                self._cache.prune(listing.paths)
+                self._pruned = True
+        held_back: list[Path] = []
+        for path in listing.paths:
+            stamp = _stamp(path)
+            state = self._files.get(path)
+            if stamp is None:  # removed since the listing: gone at the next scan
+                if state is not None and state.error is not None:
+                    self.errors.append(state.error)
+                continue
+            if state is not None and state.stamp == stamp:
+                if isinstance(state.error, _OverTotal):
+                    held_back.append(path)
+                elif state.error is not None:
+                    self.errors.append(state.error)
                 continue
             changed = True
-            try:
-                self._files[path] = _CachedFile(stamp, read_file(path))
-            except ManifestError as exc:
-                self.errors.append(exc)
-        for gone in set(self._files) - seen:
-            del self._files[gone]
-            changed = True
+            self._read(path, stamp, state)
+        # Files refused for the totals fit again only when others shrink.
+        for path in held_back:
+            state = self._files[path]
+            if changed:
+                self._read(path, state.stamp, state)
+            elif state.error is not None:
+                self.errors.append(state.error)
         if self._snapshot is not None and not changed:
             return self._snapshot
         builder = SnapshotBuilder(check_fields=True)
         for path in sorted(self._files):
-            builder.add_documents(self._files[path].docs)
+            manifest = self._files[path].in_force
+            if manifest is not None:
+                builder.add_documents(manifest.docs)
         self._snapshot = builder.build()
         return self._snapshot
+
+    def _read(self, path: Path, stamp: Stamp, state: _FileState | None) -> None:
+        in_force = state.in_force if state is not None else None
+        raw = b""
+        try:
+            raw = read_bytes(path, self.limits.file_bytes)
+            manifest = parse_bytes(raw, path, self.limits)
+            self._admit(path, manifest, in_force)
+        except ManifestError as exc:
+            self.errors.append(exc)
+            if in_force is None:
+                in_force = self._from_cache(path)
+            self._files[path] = _FileState(stamp, in_force, exc)
+            return
+        self._files[path] = _FileState(stamp, manifest)
+        if self._cache is not None:
+            self._cache.store(path, raw)
+
+    def _admit(self, path: Path, manifest: Manifest, replaces: Manifest | None) -> None:
+        """Put `manifest` in force for `path` if the totals allow it."""
+        if replaces is not None:
+            self._totals.add(replaces, -1)
+        over = self._totals.over(manifest, self.limits)
+        if replaces is not None:
+            self._totals.add(replaces)
+        if over is not None:
+            raise _over_total(path, over)
+        self._set_in_force(path, manifest)
+
+    def _set_in_force(self, path: Path, manifest: Manifest | None) -> None:
+        state = self._files.get(path)
+        if state is not None and state.in_force is not None:
+            self._totals.add(state.in_force, -1)
+        if manifest is not None:
+            self._totals.add(manifest)
+        if state is not None:
+            state.in_force = manifest
+
+    def _from_cache(self, path: Path) -> Manifest | None:
+        """A broken file's content from before a restart, if it is cached and
+        still fits."""
+        if self._cache is None:
+            return None
+        raw = self._cache.load(path, self.limits.file_bytes)
+        if raw is None:
+            return None
+        try:
+            manifest = parse_bytes(raw, path, self.limits)
+            self._admit(path, manifest, None)
+        except ManifestError as exc:
+            log.warning("event=manifest_cache_unusable file=%s error=%s", shown(str(path)), exc)
+            return None
+        log.warning(
+            "event=manifest_from_cache file=%s bytes=%d documents=%d",
+            shown(str(path)),
+            len(raw),
+            len(manifest.docs),
+        )
+        return manifest
 
 
 class FileSource:
@@ -193,8 +326,10 @@ class FileSource:
 
     name = "files"
 
-    def __init__(self, directory: Path) -> None:
-        self._directory = ManifestDirectory(directory)
+    def __init__(
+        self, directory: Path, cache_dir: Path | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self._directory = ManifestDirectory(directory, cache_dir=cache_dir, limits=limits)
         self._watcher = DirectoryWatcher(directory)
         self._last_errors: list[str] = []
 

@@ -66,10 +66,13 @@ class DirectoryWatcher:
         if not root.is_dir():
             return
         self._add(root)
+        # As files.py reads: os.walk does not enter a symbolic link to a
+        # directory, so a cycle of links cannot loop; it is not watched either.
         for current, dirs, _files in os.walk(root):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for d in dirs:
-                self._add(Path(current) / d)
+                if not os.path.islink(os.path.join(current, d)):
+                    self._add(Path(current) / d)
 
     def drain(self) -> bool:
         """Read all pending events; True if any may concern manifests."""

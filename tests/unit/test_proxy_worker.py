@@ -1,17 +1,28 @@
 """The proxy worker's pure-ish parts: configuration check, isolation of a route
-HAProxy refuses, certificate validation, master CLI parsing.  No process is
-started (the e2e tests start real ones)."""
+HAProxy refuses, certificate validation, master CLI parsing, the listeners the
+port pre-check leaves out, and the memory of a configuration the master
+refused.  No process is started (the e2e tests start real ones): where the
+worker would start HAProxy, the start is recorded and may be made to fail."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import shutil
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 
 from agent.proxy.render import certificate_id
-from agent.proxy.worker import ProxyWorker, _parse_show_proc
+from agent.proxy.worker import (
+    PORT_RETRY,
+    REFUSED_BACKOFF,
+    ProxyError,
+    ProxyWorker,
+    _parse_show_proc,
+)
 from agent.state import (
     Backend,
     BackendSet,
@@ -117,3 +128,144 @@ def test_show_proc_parsing() -> None:
         (21237, "worker", 0, 0),
         (21100, "worker", 1, 0),
     ]
+
+
+# -- ports taken, configurations refused ----------------------------------------------------
+
+
+class TakenPorts:
+    """A fake port probe: the addresses in `taken` are held by another process."""
+
+    def __init__(self, taken: dict[tuple[str, int], int] | None = None) -> None:
+        self.taken = dict(taken or {})
+
+    def unbindable(self, addresses: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {a: err for a, err in self.taken.items() if a in addresses}
+
+    def listening(self, pids: Collection[int]) -> frozenset[tuple[str, int]]:
+        return frozenset()
+
+
+def on_port(name: str, port: int) -> L7Listener:
+    svc = ServiceBackend("default/be:80", 1, (Backend("10.0.0.1", 80, 1),))
+    entry = HTTPRouteEntry(
+        f"HTTPRoute default/{name}", 0, HTTPMatch("PathPrefix", "/"), (), BackendSet((svc,))
+    )
+    return L7Listener(
+        "default/gw", name, ("192.0.2.1",), port, "HTTP", None, None,
+        virtual_hosts=(VirtualHost("*", (entry,)),),
+    )  # fmt: skip
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.starts: list[str] = []
+        self.fail = False
+
+
+@pytest.fixture
+def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ProxyWorker, Calls]:
+    """A worker whose HAProxy `start` is recorded (and may be made to fail);
+    `haproxy -c` is the real one."""
+    w = ProxyWorker(tmp_path / "run", haproxy=HAPROXY, node_name="node-a", probe=TakenPorts())
+    calls = Calls()
+
+    def start() -> None:
+        calls.starts.append(w.config_path.read_text())
+        if calls.fail:
+            raise ProxyError("haproxy did not start (rc=1): cannot bind socket")
+
+    monkeypatch.setattr(w, "_start", start)
+    monkeypatch.setattr(w, "running", lambda: False)
+    return w, calls
+
+
+def test_worker_leaves_out_a_listener_whose_port_is_taken(
+    worker: tuple[ProxyWorker, Calls],
+) -> None:
+    w, calls = worker
+    w.probe = TakenPorts({("192.0.2.1", 8090): errno.EADDRINUSE})
+    result = w.apply([on_port("good", 80), on_port("bad", 8090)])
+    assert result.ok and result.changed, result
+    assert [(p.route, p.status_reason) for p in result.problems] == [
+        ("Gateway default/gw listener bad", "PortUnavailable")
+    ]
+    assert "192.0.2.1:8090 is in use by another process on node node-a" in result.problems[0].reason
+    assert result.retry_after == PORT_RETRY  # the other process may go away
+    assert len(calls.starts) == 1
+    assert ":8090" not in calls.starts[0] and "bind 192.0.2.1:80" in calls.starts[0]
+
+
+def test_a_refused_configuration_is_not_tried_again_until_the_input_changes(
+    worker: tuple[ProxyWorker, Calls],
+) -> None:
+    w, calls = worker
+    calls.fail = True
+    first = w.apply([on_port("a", 80)])
+    assert not first.ok and "cannot bind socket" in (first.error or "")
+    assert first.retry_after == REFUSED_BACKOFF
+    assert not w.config_path.exists()  # rolled back: nothing was in force before
+    again = w.apply([on_port("a", 80)])
+    assert not again.ok and "not tried again" in (again.error or "")
+    assert 0 < (again.retry_after or 0) <= REFUSED_BACKOFF
+    assert len(calls.starts) == 1  # the same configuration was not tried again
+    calls.fail = False
+    changed = w.apply([on_port("a", 80), on_port("b", 81)])
+    assert changed.ok and len(calls.starts) == 2  # new input: tried at once
+    assert w.refused is None
+
+
+def test_a_refused_configuration_is_tried_again_after_its_back_off(
+    worker: tuple[ProxyWorker, Calls],
+) -> None:
+    w, calls = worker
+    calls.fail = True
+    w.apply([on_port("a", 80)])
+    assert w.refused is not None
+    w.refused = dataclasses.replace(w.refused, retry_at=0.0)  # the back-off has passed
+    second = w.apply([on_port("a", 80)])
+    assert len(calls.starts) == 2 and not second.ok
+    assert second.retry_after == 2 * REFUSED_BACKOFF  # the back-off doubles
+
+
+def test_the_previous_configuration_is_restored_after_a_refused_start(
+    worker: tuple[ProxyWorker, Calls],
+) -> None:
+    w, calls = worker
+    assert w.apply([on_port("a", 80)]).ok
+    good = w.config_path.read_text()
+    calls.fail = True
+    assert not w.apply([on_port("a", 80), on_port("b", 81)]).ok
+    assert w.config_path.read_text() == good
+
+
+def test_a_reload_refused_for_a_port_taken_since_the_probe_goes_on_without_it(
+    worker: tuple[ProxyWorker, Calls], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, _ = worker
+    probe = TakenPorts()
+    w.probe = probe
+    assert w.apply([on_port("a", 80)]).ok
+    previous = w.config_path.read_text()
+    monkeypatch.setattr(w, "running", lambda: True)
+    reloads: list[str] = []
+
+    def reload() -> None:
+        reloads.append(w.config_path.read_text())
+        if ":8090" in reloads[-1]:
+            raise ProxyError("haproxy reload failed; the previous configuration stays")
+
+    def racing(addresses: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        failed = {a: err for a, err in probe.taken.items() if a in addresses}
+        probe.taken[("192.0.2.1", 8090)] = errno.EADDRINUSE  # taken right after the probe
+        return failed
+
+    monkeypatch.setattr(w, "_reload", reload)
+    monkeypatch.setattr(probe, "unbindable", racing)
+    result = w.apply([on_port("a2", 80), on_port("b", 8090)])
+    assert result.ok and result.changed, result
+    assert [p.status_reason for p in result.problems] == ["PortUnavailable"]
+    # Refused, rolled back at once (the previous configuration reloaded), then
+    # loaded without the listener whose port is taken.
+    assert [":8090" in text for text in reloads] == [True, False, False]
+    assert reloads[1] == previous and "default/a2" in reloads[2]
