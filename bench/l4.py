@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.dataplane.select import default_interfaces
+from agent.dataplane.vips import VIPGuard, guard_state
 from agent.lab import Lab, vip4
 from agent.lab.netns import exec_argv
 from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
@@ -242,6 +243,7 @@ def main() -> None:
                 backend, [*server, "sockperf", "server", "-i", "0.0.0.0", "-p", str(UDP_PORT)]
             )
         time.sleep(1.0)
+        guard = lab.call(lab.node, VIPGuard)
         for _round, (mode, backend) in itertools.product(
             range(args.rounds), zip(modes, lab.backends, strict=True)
         ):
@@ -251,8 +253,11 @@ def main() -> None:
                 if isinstance(plane, _FloorRules):
                     plane.reconcile(desired(backend.ip4))
                 elif plane is not None:
-                    result = lab.call(lab.node, plane.reconcile, desired(backend.ip4))
+                    state = desired(backend.ip4)
+                    result = lab.call(lab.node, plane.reconcile, state)
                     assert not result.errors, result.errors
+                    # As the agent runs them: the guard of unserved VIP ports beside.
+                    lab.call(lab.node, guard.apply, guard_state(state))
                 got = {
                     "new TCP connections/s": new_tcp_per_second(lab, addr, port, args.seconds),
                     "UDP request/response/s": udp_rr_per_second(lab, udp_addr, args.seconds),
@@ -266,6 +271,7 @@ def main() -> None:
                     f"  round {_round + 1} {mode}: "
                     + ", ".join(f"{k}={v:,.0f}" for k, v in got.items())
                 )
+        lab.call(lab.node, guard.cleanup)
     results = {m: {k: statistics.median(v) for k, v in samples[m].items()} for m in modes}
     print()
     print(
