@@ -128,12 +128,14 @@ def _check_address(address: str, address_type: str, path: str) -> str:
                 == address
             ):
                 return address
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             pass
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         raise FieldError(path, f"invalid IP address {address[:64]!r}") from None
+    if getattr(ip, "scope_id", None):
+        raise FieldError(path, f"{address[:64]!r}: an address with a zone is not supported")
     if (address_type == "IPv4") != (ip.version == 4):
         raise FieldError(path, f"{address} is not an {address_type} address")
     return str(ip)

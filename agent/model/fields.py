@@ -77,6 +77,14 @@ def each(items: Iterable[Fields], parse: Callable[[Fields], T]) -> list[T]:
     return out
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _number(value: int) -> str:
     """An int as text, short: YAML reads a 5000-digit literal, and str() of it
     raises ValueError (CPython's limit of 4300 digits)."""
@@ -301,6 +309,10 @@ def check_string(
 ) -> str:
     if max_len is not None and len(value) > max_len:
         raise FieldError(path, f"must be at most {max_len} characters, got {len(value)}")
+    if not value.isascii() and not _encodable(value):
+        # A lone surrogate (JSON's "\ud800") is no text at all: nothing past
+        # the parser could write it (UTF-8 config files, status JSON).
+        raise FieldError(path, "is not valid Unicode (a lone surrogate)")
     if len(value) < min_len:
         raise FieldError(path, "must not be empty" if min_len == 1 else f"too short: {len(value)}")
     if enum is not None and value not in enum:

@@ -64,7 +64,8 @@ def parse_meta(
     return ObjectMeta(
         namespace=namespace,
         name=name,
-        generation=meta.integer("generation", 1, minimum=0),
+        # int64, as the API server stores it (a longer one would not even print).
+        generation=meta.integer("generation", 1, minimum=0, maximum=2**63 - 1),
         creation_timestamp=created,
         uid=meta.string("uid", "", max_len=128),
         labels=meta.string_map("labels"),

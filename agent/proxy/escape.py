@@ -55,7 +55,7 @@ def word(value: str) -> str:
     """`value` as one configuration word whose meaning is exactly `value`."""
     if len(value) > MAX_VALUE:
         raise Unrepresentable(f"value longer than {MAX_VALUE} characters")
-    if not _WORD_SAFE.match(value):
+    if not _WORD_SAFE.fullmatch(value):
         raise Unrepresentable(f"value {_show(value)} contains control or non-ASCII characters")
     return "'" + value.replace("'", "'\\''") + "'"
 
@@ -67,21 +67,21 @@ def logformat(value: str) -> str:
 
 def fetch_arg_name(name: str) -> str:
     """A header or query parameter name for use inside `fetch(NAME)`."""
-    if not _FETCH_ARG_NAME.match(name) or len(name) > 256:
+    if not _FETCH_ARG_NAME.fullmatch(name) or len(name) > 256:
         raise Unrepresentable(f"name {_show(name)} cannot be used in a sample fetch argument")
     return name
 
 
 def hostname(name: str, *, wildcard: bool = True) -> str:
     """A DNS hostname (optionally `*.suffix`), validated; returned unquoted-safe."""
-    if len(name) > 253 or not HOSTNAME.match(name) or (not wildcard and name.startswith("*")):
+    if len(name) > 253 or not HOSTNAME.fullmatch(name) or (not wildcard and name.startswith("*")):
         raise Unrepresentable(f"hostname {_show(name)} is not a valid DNS name")
     return name
 
 
 def target_path(path: str) -> str:
     """A path used as a redirect or rewrite target."""
-    if len(path) > 1024 or not _TARGET_PATH.match(path) or "?" in path or "#" in path:
+    if len(path) > 1024 or not _TARGET_PATH.fullmatch(path) or "?" in path or "#" in path:
         raise Unrepresentable(f"path {_show(path)} is not a plain absolute URL path")
     return path
 

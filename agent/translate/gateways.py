@@ -296,11 +296,17 @@ def _address_problem(gateway: Gateway) -> tuple[str, str] | None:
         if addr.value is None:
             continue
         try:
-            ipaddress.ip_address(addr.value)
+            ip = ipaddress.ip_address(addr.value)
         except ValueError:
             return (
                 R_UNSUPPORTED_ADDRESS,
                 f"spec.addresses[{i}]: {addr.value[:64]!r} is not an IP address",
+            )
+        if getattr(ip, "scope_id", None):
+            return (
+                R_UNSUPPORTED_ADDRESS,
+                f"spec.addresses[{i}]: {addr.value[:64]!r}: an address with a zone cannot be "
+                "a virtual IP",
             )
     return None
 
