@@ -197,6 +197,8 @@ def _canonical_ip(text: str) -> tuple[str, int]:
         return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)), 4
     except (OSError, TypeError):
         ip = ipaddress.ip_address(text)
+        if getattr(ip, "scope_id", None):  # "fe80::1%eth0": nftables has no zones
+            raise ValueError(f"{text!r} has a zone") from None
         return str(ip), ip.version
 
 

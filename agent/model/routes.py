@@ -365,8 +365,9 @@ def parse_filters(container: Fields, *, allowed: tuple[str, ...]) -> tuple[Route
 def _redirect_status(body: Fields) -> int:
     code = body.integer("statusCode", 302)
     if code not in (301, 302, 303, 307, 308):
+        shown = code if -(10**6) < code < 10**6 else "out of range"
         raise body.error(
-            "statusCode", f"unsupported value {code}: must be one of 301, 302, 303, 307, 308"
+            "statusCode", f"unsupported value {shown}: must be one of 301, 302, 303, 307, 308"
         )
     return code
 

@@ -50,6 +50,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.logs import one_line
 from agent.model.routes import HeaderModifier, PathModifier, RouteFilter
 from agent.proxy import escape
 from agent.proxy.escape import Unrepresentable, word
@@ -238,7 +239,16 @@ def _short_hash(*parts: object) -> str:
 
 def _addr(ip: str, port: int) -> str:
     addr = ipaddress.ip_address(ip)
+    if getattr(addr, "scope_id", None):  # "fe80::1%eth0": a zone is no part of a bind
+        raise Unrepresentable(f"address {ip!r} has a zone")
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def _comment(text: str) -> str:
+    """Text for a `#` line, ASCII and on one line: an object name with a line
+    break must not add a configuration line (names are validated before; this
+    holds regardless)."""
+    return one_line(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _lf(literal: str) -> str:
@@ -404,7 +414,7 @@ class _Renderer:
             if ls.hostname is not None:
                 escape.hostname(ls.hostname)
             for vip in ls.vips:
-                ipaddress.ip_address(vip)
+                _addr(vip, ls.port)
         except (Unrepresentable, ValueError) as exc:
             self.problem(name, None, str(exc))
             return False
@@ -653,7 +663,7 @@ class _Renderer:
         ordered = sorted(listeners, key=lambda ls: _host_key(ls.hostname))
         port = listeners[0].port
         comment = ", ".join(f"{ls.gateway}/{ls.listener}" for ls in ordered)
-        s.add(f"# {kind} port {port}: {comment}")
+        s.add(_comment(f"# {kind} port {port}: {comment}"))
         bind_opts = ""
         if kind in (HTTPS, TERMINATE):
             crt_list = self._crt_list(ordered)
@@ -749,7 +759,7 @@ def _backend_section(name: str, key: _BackendKey) -> _Section:
 def _check_endpoints(svc: ServiceBackend) -> None:
     for ep in svc.endpoints:
         try:
-            ipaddress.ip_address(ep.ip)
+            _addr(ep.ip, ep.port)
         except ValueError:
             raise Unrepresentable(f"endpoint address {ep.ip!r} is not an IP address") from None
         if not 1 <= ep.port <= 65535:
@@ -844,7 +854,7 @@ class _HTTPFrontend:
                     if self.r._skip(entry.route, entry.rule):
                         continue
                     e = len(entries)
-                    s.add(f"# entry {e}: {entry.route} rule {entry.rule}")
+                    s.add(_comment(f"# entry {e}: {entry.route} rule {entry.rule}"))
                     conds = _EntryWriter(self.r, ls, entry, e).match_conditions()
                     for line in self._selection(e, f"!rset {is_vh}", conds):
                         s.add(line)
@@ -1056,7 +1066,7 @@ def _path_criterion(m: HTTPMatch) -> str | None:
     """The ACL criterion for a path match (None = any path)."""
     if m.path_type == "Exact":
         escape.word(m.path)
-        return f"path -m str -- {word(m.path)}"
+        return f"path {_string_criterion('Exact', m.path)}"
     if m.path_type == "PathPrefix":
         prefix = m.path.rstrip("/")
         if not m.path.startswith("/"):
