@@ -1240,24 +1240,12 @@ class EbpfDataplane:
     # -- reading back -------------------------------------------------------------------
 
     def read_counters(self) -> list[FrontendCounters]:
-        out: list[FrontendCounters] = []
-        fe_stats, be_stats = self.maps["fe_stats"], self.maps["be_stats"]
-        for key, fe in sorted(self._fes.items()):
-            per_cpu = fe_stats.get_percpu(ctypes.c_uint32(fe.id))
-            conns: dict[tuple[str, int], int] = {}
-            for ipp, (bid, _) in sorted(fe.backends.items()):
-                conns[ipp] = sum(c.flows for c in be_stats.get_percpu(ctypes.c_uint32(bid)))
-            out.append(
-                FrontendCounters(
-                    vip=key[0],
-                    protocol=key[1],
-                    port=key[2],
-                    packets=sum(c.packets for c in per_cpu),
-                    bytes=sum(c.bytes for c in per_cpu),
-                    backend_connections=conns,
-                )
-            )
-        return out
+        # Ids from this object's memory: no walk of the frontends and backends maps.
+        frontends = [
+            (key, fe.id, [(ipp, bid) for ipp, (bid, _) in fe.backends.items()])
+            for key, fe in self._fes.items()
+        ]
+        return read_counters(self.maps, frontends)
 
     def backend_counters(self, key: Key) -> dict[tuple[str, int], tuple[int, int, int]]:
         """(ip, port) -> (packets, bytes, new flows) of one frontend's backends."""
@@ -1342,6 +1330,32 @@ def read_programmed(maps: Mapping[str, BpfMap]) -> list[ProgrammedFrontend]:
     return sorted(out, key=lambda p: (p.vip, p.protocol, p.port))
 
 
+def read_counters(
+    maps: Mapping[str, BpfMap],
+    frontends: Iterable[tuple[Key, int, Iterable[tuple[tuple[str, int], int]]]],
+) -> list[FrontendCounters]:
+    """Counters of the frontends given as (key, frontend id, [((ip, port), backend id)])."""
+    fe_stats, be_stats = maps["fe_stats"], maps["be_stats"]
+    out: list[FrontendCounters] = []
+    for key, fid, backends in sorted(frontends, key=lambda f: f[0]):
+        per_cpu = fe_stats.get_percpu(ctypes.c_uint32(fid))
+        conns = {
+            ipp: sum(c.flows for c in be_stats.get_percpu(ctypes.c_uint32(bid)))
+            for ipp, bid in sorted(backends)
+        }
+        out.append(
+            FrontendCounters(
+                vip=key[0],
+                protocol=key[1],
+                port=key[2],
+                packets=sum(c.packets for c in per_cpu),
+                bytes=sum(c.bytes for c in per_cpu),
+                backend_connections=conns,
+            )
+        )
+    return out
+
+
 class EbpfView:
     """The maps of an eBPF dataplane, opened for reading only: nothing is
     compiled, attached or written.  Found through the pins, or through the
@@ -1397,28 +1411,14 @@ class EbpfView:
         return read_programmed(self.maps)
 
     def read_counters(self) -> list[FrontendCounters]:
-        fe_stats, be_stats = self.maps["fe_stats"], self.maps["be_stats"]
-        keys = {v.id: _key_of(k) for k, v in self.maps["frontends"].items()}
-        conns: dict[int, dict[tuple[str, int], int]] = {fid: {} for fid in keys}
+        backends: dict[int, list[tuple[tuple[str, int], int]]] = {}
         for bk, bv in self.maps["backends"].items():
-            if bv.frontend_id in conns:
-                flows = sum(c.flows for c in be_stats.get_percpu(ctypes.c_uint32(bk.value)))
-                ipp = (_unpack_addr(bv.family, bv.addr), socket.ntohs(bv.port))
-                conns[bv.frontend_id][ipp] = flows
-        out: list[FrontendCounters] = []
-        for fid, key in sorted(keys.items(), key=lambda item: item[1]):
-            per_cpu = fe_stats.get_percpu(ctypes.c_uint32(fid))
-            out.append(
-                FrontendCounters(
-                    vip=key[0],
-                    protocol=key[1],
-                    port=key[2],
-                    packets=sum(c.packets for c in per_cpu),
-                    bytes=sum(c.bytes for c in per_cpu),
-                    backend_connections=conns[fid],
-                )
-            )
-        return out
+            ipp = (_unpack_addr(bv.family, bv.addr), socket.ntohs(bv.port))
+            backends.setdefault(bv.frontend_id, []).append((ipp, int(bk.value)))
+        return read_counters(
+            self.maps,
+            ((_key_of(k), v.id, backends.get(v.id, [])) for k, v in self.maps["frontends"].items()),
+        )
 
     def close(self) -> None:
         for m in self.maps.values():
