@@ -1,10 +1,14 @@
 """The agent's main loop: source -> translate -> reconcilers -> status, metrics.
 
 One asyncio loop.  A watcher task marks the state dirty when the source may
-have changed; the sync task debounces bursts, translates, and hands the desired
-state to each reconciler in a worker thread (their kernel calls block); a
-status task writes the latest result beside it.  A failed sync is retried
-with exponential back-off; it never stops the loop.
+have changed; the sync task debounces bursts, reads the source and
+translates, and hands the desired state to the L4 dataplane and the guard of
+unserved VIP ports in a worker thread (their kernel calls block); the L7
+lane takes the newest desired state beside it, so a slow render or
+`haproxy -c` never holds an L4 change back; a status task writes the latest
+result.  A failed sync is retried with exponential back-off, cut short by
+any new change; it never stops the loop, and /healthz fails when a loop
+makes no progress.  What was refused is logged once, when it changes.
 Exiting (SIGTERM/SIGINT) leaves the kernel as it is, so traffic keeps flowing.
 """
 
