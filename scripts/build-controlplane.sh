@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the test control plane, a real kube-apiserver and a real etcd, from the
-# Go module in tests/k8s/controlplane into tests/k8s/bin/ (git-ignored).
+# Build the test control plane, a real kube-apiserver, etcd, kube-controller-manager
+# and kube-scheduler, from the Go module in tests/k8s/controlplane into
+# tests/k8s/bin/ (git-ignored).
 #
 # Reuses the binaries when they were built from the same sources: the stamp
 # is a hash of go.mod, go.sum, the main.go files and the build flags, so a
@@ -19,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SRC=tests/k8s/controlplane
 BIN=tests/k8s/bin
 STAMP=$BIN/.stamp
-BINARIES=(etcd kube-apiserver)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 log() { printf 'build-controlplane: %s\n' "$*"; }
 die() { printf 'build-controlplane: error: %s\n' "$*" >&2; exit 1; }

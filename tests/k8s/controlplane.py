@@ -70,6 +70,23 @@ SERVICE_CIDR = "10.213.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 FIELD_MANAGER = "gatewaylb-tests"
 LOOPBACK = "127.0.0.1"
+# What kube-controller-manager runs for the one-node cluster: enough for
+# Deployments to become pods, pods to become EndpointSlices, namespaces to
+# get their ServiceAccount and root CA, and deletions to finish.  Not the
+# node lifecycle controller: it would taint a node whose Lease stops.
+MANAGERS = ("kube-controller-manager", "kube-scheduler")
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "endpointslice-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "namespace-controller",
+    "garbage-collector-controller",
+    "root-ca-certificate-publisher-controller",
+    "pod-garbage-collector-controller",
+)
 # What a request on a kept-alive connection the server has closed raises.
 STALE_CONNECTION = (
     http.client.RemoteDisconnected,
@@ -204,6 +221,7 @@ class ControlPlane:
         crd_dir: Path | None = GATEWAY_API_CRDS,
         detach: bool = False,
         verbosity: int = 1,
+        controllers: bool = False,
     ) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
@@ -220,6 +238,9 @@ class ControlPlane:
         self._discovery: dict[str, list[dict[str, Any]]] = {}
         self.etcd: subprocess.Popen[bytes] | None = None
         self.apiserver: subprocess.Popen[bytes] | None = None
+        # kube-controller-manager and kube-scheduler, when `controllers`.
+        self.controllers = controllers
+        self.managers: dict[str, subprocess.Popen[bytes]] = {}
         self.timings: dict[str, float] = {}
 
     # -- paths and addresses --
@@ -271,6 +292,15 @@ class ControlPlane:
             self._start_apiserver(deadline=time.monotonic() + timeout)
             self.timings["apiserver"] = time.monotonic() - t0
             self._write_kubeconfig()
+            if self.controllers:
+                missing = [b for b in MANAGERS if not os.access(self.bin_dir / b, os.X_OK)]
+                if missing:
+                    raise ControlPlaneError(
+                        f"no {', '.join(missing)} in {self.bin_dir}; "
+                        "run scripts/build-controlplane.sh"
+                    )
+                self._start_managers(deadline=time.monotonic() + timeout)
+                self.timings["controllers"] = time.monotonic() - t0
             if self.crd_dir is not None:
                 self.install_manifests(self.crd_dir, deadline=time.monotonic() + timeout)
                 # gatewaylb's own CRD (GatewayLBConfig), as the DaemonSet ships it.
@@ -399,6 +429,57 @@ class ControlPlane:
             if attempt == 2 or port or "address already in use" not in tail:
                 raise ControlPlaneError(f"kube-apiserver exited:\n{tail}")
 
+    def _start_managers(self, deadline: float) -> None:
+        """kube-controller-manager (the controllers a one-node cluster needs)
+        and kube-scheduler, both with the admin kubeconfig; each healthy on
+        its /healthz before this returns."""
+        kubeconfig = str(self.kubeconfig)
+        common = [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--bind-address={LOOPBACK}",
+            "--leader-elect=false",
+            f"--v={self.verbosity}",
+        ]
+        ports = {"kube-controller-manager": free_port(), "kube-scheduler": free_port()}
+        self.managers["kube-controller-manager"] = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                *common,
+                f"--secure-port={ports['kube-controller-manager']}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.ca_path}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+            ],
+        )
+        self.managers["kube-scheduler"] = self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                *common,
+                f"--secure-port={ports['kube-scheduler']}",
+            ],
+        )
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed
+        for name, port in ports.items():
+            proc = self.managers[name]
+            while True:
+                if proc.poll() is not None:
+                    raise ControlPlaneError(f"{name} exited:\n{self._log_tail(name)}")
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(f"{name} not healthy in time:\n{self._log_tail(name)}")
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=2, context=context)
+                    conn.request("GET", "/healthz")
+                    if conn.getresponse().status == 200:
+                        break
+                time.sleep(0.2)
+
     def _write_kubeconfig(self) -> None:
         config = {
             "apiVersion": "v1",
@@ -431,11 +512,13 @@ class ControlPlane:
         os.chmod(self.kubeconfig, 0o600)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the apiserver, then etcd; remove the work dir if it was ours."""
-        for proc in (self.apiserver, self.etcd):
+        """Stop the controllers, the apiserver, then etcd; remove the work dir
+        if it was ours."""
+        procs = [*self.managers.values(), self.apiserver, self.etcd]
+        for proc in procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (self.apiserver, self.etcd):
+        for proc in procs:
             if proc is None:
                 continue
             try:
@@ -444,6 +527,7 @@ class ControlPlane:
                 proc.kill()
                 proc.wait()
         self.apiserver = self.etcd = None
+        self.managers = {}
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -1,0 +1,22 @@
+// Command kube-controller-manager is the upstream Kubernetes controller
+// manager, built from the published k8s.io/kubernetes module for gatewaylb's
+// one-node test cluster (tests/k8s). It is exactly what upstream's
+// cmd/kube-controller-manager/controller-manager.go does.
+package main
+
+import (
+	"os"
+	_ "time/tzdata" // for CronJob's time zone support
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // for JSON log format registration
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // load all the prometheus client-go plugins
+	_ "k8s.io/component-base/metrics/prometheus/version"  // for version metric registration
+	"k8s.io/kubernetes/cmd/kube-controller-manager/app"
+)
+
+func main() {
+	command := app.NewControllerManagerCommand()
+	code := cli.Run(command)
+	os.Exit(code)
+}
