@@ -72,8 +72,8 @@ FIELD_MANAGER = "gatewaylb-tests"
 LOOPBACK = "127.0.0.1"
 # What kube-controller-manager runs for the one-node cluster: enough for
 # Deployments to become pods, pods to become EndpointSlices, namespaces to
-# get their ServiceAccount and root CA, and deletions to finish.  Not the
-# node lifecycle controller: it would taint a node whose Lease stops.
+# get their ServiceAccount and root CA, deletions to finish, and a node whose
+# Lease is renewed (tests/k8s/nodeagent.py) to be untainted and scheduled on.
 MANAGERS = ("kube-controller-manager", "kube-scheduler")
 CONTROLLERS = (
     "deployment-controller",
@@ -86,7 +86,10 @@ CONTROLLERS = (
     "garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
     "pod-garbage-collector-controller",
+    "node-lifecycle-controller",
 )
+# A node that stops renewing its Lease is NotReady after this (50 s upstream).
+NODE_MONITOR_GRACE = "10s"
 # What a request on a kept-alive connection the server has closed raises.
 STALE_CONNECTION = (
     http.client.RemoteDisconnected,
@@ -453,6 +456,8 @@ class ControlPlane:
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_path}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
+                "--node-monitor-period=1s",
             ],
         )
         self.managers["kube-scheduler"] = self._spawn(

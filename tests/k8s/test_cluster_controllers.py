@@ -2,8 +2,9 @@
 kube-scheduler, built from the same k8s.io/kubernetes module as the API
 server, started and stopped by the same control-plane code.
 
-No node runs pods yet: the tests play the node's part by hand (a Node object,
-pod status as a kubelet writes it) and check what the controllers do with it.
+No node runs pods yet: `nodeagent.NodeAgent` registers a Node and renews its
+Lease as a kubelet does, and the tests write pod status as a kubelet would,
+then check what the controllers do with it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
+from controlplane import NODE_MONITOR_GRACE, ControlPlane
+from nodeagent import NodeAgent
 
 pytestmark = pytest.mark.root
 
@@ -31,12 +33,19 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
         time.sleep(step)
 
 
+nodes: list[NodeAgent] = []
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ControlPlane]:
     with ControlPlane(controllers=True, crd_dir=None) as cp:
         print(f"\ncontrol plane with controllers up in {cp.timings['controllers']:.1f} s")
         cp.ensure_namespace(NS)
-        yield cp
+        try:
+            yield cp
+        finally:
+            for node in nodes:
+                node.stop()
 
 
 def get(cp: ControlPlane, path: str) -> Any:
@@ -94,36 +103,14 @@ def test_a_deployment_becomes_pods_the_scheduler_binds_and_slices_follow_ready_p
         ),
         30,
     )
-    # A Ready node: the scheduler binds both pods to it.
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}
-    cluster.apply(node)
-    status = {
-        "status": {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "addresses": [{"type": "InternalIP", "address": "10.10.0.1"}],
-        }
-    }
-    code, body = cluster.request(
-        "PATCH",
-        "/api/v1/nodes/node-1/status",
-        status,
-        content_type="application/merge-patch+json",
-    )
-    assert code == 200, body
-    # The API server taints a new node not-ready; the node lifecycle controller
-    # (not run here: no node renews a Lease yet) would lift it once Ready.
-    code, body = cluster.request(
-        "PATCH",
-        "/api/v1/nodes/node-1",
-        {"spec": {"taints": None}},
-        content_type="application/merge-patch+json",
-    )
-    assert code == 200, body
+    # A node that heartbeats: the node lifecycle controller lifts the not-ready
+    # taint the API server gives every new node, and the scheduler binds.
+    node = NodeAgent(cluster, "node-1", "10.10.0.1", "10.244.0.0/24")
+    node.start()
+    nodes.append(node)
     t0 = time.monotonic()
     wait_for(lambda: all(p["spec"].get("nodeName") == "node-1" for p in pods()), 60)
-    print(f"\nboth pods bound to node-1 {time.monotonic() - t0:.2f} s after it was schedulable")
+    print(f"\nboth pods bound to node-1 {time.monotonic() - t0:.2f} s after it registered")
     # As a kubelet would: the pods run, with their IPs, and are Ready.
     for i, pod in enumerate(pods()):
         ip = f"10.244.0.{10 + i}"
@@ -180,3 +167,30 @@ def test_deleting_a_namespace_removes_what_it_held(cluster: ControlPlane) -> Non
     code, body = cluster.request("DELETE", "/api/v1/namespaces/ctl-gone")
     assert code == 200, body
     wait_for(lambda: get(cluster, "/api/v1/namespaces/ctl-gone") is None, 60)
+
+
+def test_a_node_that_stops_heartbeating_goes_not_ready(cluster: ControlPlane) -> None:
+    node = NodeAgent(cluster, "node-2", "10.10.0.2", "10.244.1.0/24", renew=1.0)
+    node.start()
+    nodes.append(node)
+
+    def taints() -> set[str]:
+        body = get(cluster, "/api/v1/nodes/node-2") or {}
+        return {t["key"] for t in body.get("spec", {}).get("taints") or []}
+
+    def ready() -> str:
+        body = get(cluster, "/api/v1/nodes/node-2") or {}
+        conds = body.get("status", {}).get("conditions") or []
+        return next((c["status"] for c in conds if c["type"] == "Ready"), "")
+
+    wait_for(lambda: "node.kubernetes.io/not-ready" not in taints(), 30)
+    time.sleep(3)
+    assert ready() == "True" and node.renewals > 0
+    node.stop()
+    t0 = time.monotonic()
+    wait_for(lambda: ready() == "Unknown", 60)
+    print(
+        f"\nnode-2 NotReady {time.monotonic() - t0:.1f} s after its last heartbeat "
+        f"(grace {NODE_MONITOR_GRACE})"
+    )
+    wait_for(lambda: "node.kubernetes.io/unreachable" in taints(), 10)
