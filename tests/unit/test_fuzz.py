@@ -77,6 +77,7 @@ from agent.state import (
     VirtualHost,
 )
 from agent.translate.core import translate
+from tests.unit.test_properties import _get, _paths
 
 REPO = Path(__file__).resolve().parents[2]
 # shared/ sits beside the repository (in CI too): ../shared/gateway-api.
@@ -89,6 +90,7 @@ MARK = "gwlbfuzz"
 
 Doc = dict[str, Any]
 Path_ = tuple[str | int, ...]
+PATH_DEPTH = 14  # how deep mutations reach into a document
 
 
 # -- budget ------------------------------------------------------------------------------
@@ -849,30 +851,6 @@ string_values = st.sampled_from(
 )
 
 
-def _paths(doc: Any, limit_depth: int = 14) -> list[Path_]:
-    """Every node's path in a document (iteratively, and only to a sane depth)."""
-    out: list[Path_] = []
-    stack: list[tuple[Path_, Any]] = [((), doc)]
-    while stack:
-        path, node = stack.pop()
-        if path:
-            out.append(path)
-        if len(path) >= limit_depth:
-            continue
-        if isinstance(node, dict):
-            stack.extend(((*path, k), v) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend(((*path, i), v) for i, v in enumerate(node))
-    out.sort(key=repr)
-    return out
-
-
-def _get(doc: Any, path: Path_) -> Any:
-    for step in path:
-        doc = doc[step]
-    return doc
-
-
 def _parent(doc: Any, path: Path_) -> tuple[Any, str | int]:
     return _get(doc, path[:-1]), path[-1]
 
@@ -922,7 +900,7 @@ def mutated_worlds(draw: st.DrawFn) -> tuple[str, list[Any]]:
         if op == "retype":
             doc["kind"] = draw(st.sampled_from(KINDS))
             continue
-        paths = _paths(doc)
+        paths = _paths(doc, PATH_DEPTH)
         if op in ("string", "rendered"):
             paths = [p for p in paths if isinstance(_get(doc, p), str)]
         if op == "rendered":
@@ -1562,7 +1540,7 @@ def _int_leaves(docs: list[Doc]) -> list[tuple[int, Path_]]:
     return [
         (i, path)
         for i, doc in enumerate(docs)
-        for path in _paths(doc)
+        for path in _paths(doc, PATH_DEPTH)
         if type(_get(doc, path)) is int
     ]
 
