@@ -408,18 +408,32 @@ def possible_cpus() -> int:
     return count
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount this process sees."""
+    out: list[tuple[str, str]] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        out.append((fields[4], fields[fields.index("-") + 1]))
+    return out
+
+
 def mount_fstype(path: Path) -> str:
     """The type of the filesystem `path` is (or would be) on: the mount with
     the longest prefix of it in /proc/self/mountinfo ("bpf", "cgroup2", ...)."""
     best, fstype = "", ""
     target = str(path)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        mnt = fields[4]
-        sep = fields.index("-")
+    for mnt, kind in _mounts():
         if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-            best, fstype = mnt, fields[sep + 1]
+            best, fstype = mnt, kind
     return fstype
+
+
+def mounts_of(fstype: str) -> list[str]:
+    """Mount points of every filesystem of type `fstype` ("bpf", "cgroup2")."""
+    try:
+        return sorted({mnt for mnt, kind in _mounts() if kind == fstype})
+    except OSError:
+        return []
 
 
 def on_bpffs(path: Path) -> bool:

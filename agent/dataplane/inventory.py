@@ -41,6 +41,7 @@ from agent.dataplane.ebpf import (
     EbpfError,
     EbpfView,
     _Bpf,
+    mounts_of,
 )
 
 log = logging.getLogger(__name__)
@@ -149,14 +150,7 @@ def find_tc_programs() -> list[TcProgram]:
 
 def cgroup2_mounts() -> list[str]:
     """Mount points of the cgroup v2 hierarchy seen by this process."""
-    out: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup2":
-                out.append(fields[4])
-    return sorted(set(out))
+    return mounts_of("cgroup2")
 
 
 def _cgroup_dirs(roots: Iterable[str]) -> Iterator[str]:
@@ -216,22 +210,11 @@ def find_nft_tables() -> list[str]:
         reader.close()
 
 
-def bpffs_mounts() -> list[str]:
-    out: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "bpf":
-                out.append(fields[4])
-    return sorted(set(out))
-
-
 def find_pin_dirs(extra: Iterable[str] = ()) -> list[str]:
     """Directories holding our map pins: the given ones, and any directory
     one level under a mounted bpf filesystem."""
     candidates = {Path(p) for p in extra}
-    for mount in bpffs_mounts():
+    for mount in mounts_of("bpf"):
         with contextlib.suppress(OSError):
             candidates.update(p for p in Path(mount).iterdir() if p.is_dir())
     return sorted(str(p) for p in candidates if all((p / m).exists() for m in PIN_MARKERS))
