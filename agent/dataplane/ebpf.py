@@ -916,24 +916,12 @@ class EbpfDataplane:
                     )
 
     def _detach_tc(self) -> None:
-        from pyroute2 import IPRoute
+        """Our filters on this instance's interfaces, and their clsact qdisc
+        when nobody else uses it (the same removal `gatewaylb cleanup` does)."""
+        from agent.dataplane import inventory  # it imports this module
 
-        with IPRoute() as ipr:
-            for ifname in self.interfaces:
-                links = ipr.link_lookup(ifname=ifname)
-                if not links:
-                    continue
-                idx = links[0]
-                for parent in (TC_INGRESS, TC_EGRESS):
-                    with contextlib.suppress(Exception):
-                        ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
-                remaining = 0
-                for parent in (TC_INGRESS, TC_EGRESS):
-                    with contextlib.suppress(Exception):
-                        remaining += len(ipr.get_filters(idx, parent=parent))
-                if remaining == 0:
-                    with contextlib.suppress(Exception):
-                        ipr.tc("del", "clsact", idx)
+        ours = [t for t in inventory.find_tc_programs() if t.ifname in self.interfaces]
+        inventory.remove_tc(ours)
 
     def _attach_cgroup(self, path: str) -> None:
         """Attach new programs first, then detach those of a previous instance

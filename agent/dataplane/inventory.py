@@ -335,7 +335,7 @@ def remove(inventory: Inventory) -> list[str]:
     Returns one line per thing removed.  Anything already gone is skipped."""
     done: list[str] = []
     if inventory.tc:
-        _remove_tc(inventory.tc)
+        remove_tc(inventory.tc)
         places = sorted({f"{t.ifname} {t.direction}" for t in inventory.tc})
         done.append(f"tc programs of gatewaylb on {', '.join(places)}")
     for c in inventory.cgroup:
@@ -350,7 +350,7 @@ def remove(inventory: Inventory) -> list[str]:
     return done
 
 
-def _remove_tc(programs: Iterable[TcProgram]) -> None:
+def remove_tc(programs: Iterable[TcProgram]) -> None:
     from pyroute2 import IPRoute
 
     parents = {"ingress": TC_INGRESS, "egress": TC_EGRESS}
