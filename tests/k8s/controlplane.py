@@ -202,6 +202,19 @@ def make_pki(pki: Path) -> None:
             "extendedKeyUsage=clientAuth",
         ],
     )
+    # How the API server authenticates to kubelets (logs); system:masters so
+    # that a node agent's check of it is only "signed by the cluster CA".
+    _signed_cert(
+        pki,
+        "apiserver-kubelet-client",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        [
+            *common,
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature",
+            "extendedKeyUsage=clientAuth",
+        ],
+    )
     _ec_key(pki, "sa")
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -225,6 +238,7 @@ class ControlPlane:
         detach: bool = False,
         verbosity: int = 1,
         controllers: bool = False,
+        node_tunnel: Path | None = None,
     ) -> None:
         self.bin_dir = Path(bin_dir)
         self._own_workdir = workdir is None
@@ -244,6 +258,10 @@ class ControlPlane:
         # kube-controller-manager and kube-scheduler, when `controllers`.
         self.controllers = controllers
         self.managers: dict[str, subprocess.Popen[bytes]] = {}
+        # A Unix socket that speaks HTTP CONNECT into the nodes' network (the
+        # test kubelet's tunnel): the API server's `cluster` egress, which it
+        # uses to reach kubelets (logs), goes through it.
+        self.node_tunnel = node_tunnel
         self.timings: dict[str, float] = {}
 
     # -- paths and addresses --
@@ -413,6 +431,12 @@ class ControlPlane:
                     # which Endpoints validation rejects; nothing needs them.
                     "--endpoint-reconciler-type=none",
                     "--profiling=false",
+                    f"--kubelet-client-certificate={self.pki / 'apiserver-kubelet-client.crt'}",
+                    f"--kubelet-client-key={self.pki / 'apiserver-kubelet-client.key'}",
+                    f"--kubelet-certificate-authority={self.ca_path}",
+                    # As kubeadm sets it: a node's name need not resolve.
+                    "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+                    *self._egress_flags(),
                     f"--v={self.verbosity}",
                 ],
             )
@@ -431,6 +455,30 @@ class ControlPlane:
             tail = self._log_tail("kube-apiserver")
             if attempt == 2 or port or "address already in use" not in tail:
                 raise ControlPlaneError(f"kube-apiserver exited:\n{tail}")
+
+    def _egress_flags(self) -> list[str]:
+        if self.node_tunnel is None:
+            return []
+        config = self.workdir / "egress-selector.yaml"
+        # JSON is YAML; the API server reads either.
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "apiserver.k8s.io/v1beta1",
+                    "kind": "EgressSelectorConfiguration",
+                    "egressSelections": [
+                        {
+                            "name": "cluster",
+                            "connection": {
+                                "proxyProtocol": "HTTPConnect",
+                                "transport": {"uds": {"udsName": str(self.node_tunnel)}},
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        return [f"--egress-selector-config-file={config}"]
 
     def _start_managers(self, deadline: float) -> None:
         """kube-controller-manager (the controllers a one-node cluster needs)

@@ -7,7 +7,8 @@ kubelet heartbeats; the node lifecycle controller then treats it as a live
 node (it lifts the not-ready taint the API server puts on every new node) and,
 once the heartbeats stop, marks it NotReady and taints it unreachable.
 
-Running pods comes next; this module owns only the Node object and the Lease.
+Running pods is `kubelet.Kubelet`'s part; this module owns only the Node
+object and the Lease.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ class NodeAgent:
         *,
         renew: float = 2.0,
         capacity: dict[str, str] | None = None,
+        kubelet_port: int = 10250,
     ) -> None:
         self.cp, self.name, self.internal_ip, self.pod_cidr = cp, name, internal_ip, pod_cidr
         self.renew = renew
+        self.kubelet_port = kubelet_port
         self.capacity = capacity or {"cpu": "2", "memory": "4Gi", "pods": "110"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{name}", daemon=True)
@@ -84,6 +87,8 @@ class NodeAgent:
                     {"type": "InternalIP", "address": self.internal_ip},
                     {"type": "Hostname", "address": self.name},
                 ],
+                # Where the API server finds this node's kubelet API (logs).
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
                 "nodeInfo": {
                     "kubeletVersion": "v1.34.4",
                     "operatingSystem": "linux",

@@ -1,5 +1,9 @@
 """A TCP relay from a lab namespace's loopback to the host's loopback.
 
+(The one-node cluster also listens on the `kubernetes` Service's ClusterIP in
+the node, so that pods reach the API server where a kube-proxy would send
+them.)
+
 The test API server listens on the host's 127.0.0.1; an agent under test runs
 in a lab node namespace, whose loopback is its own.  The relay's listening
 socket is created inside the node namespace (by a thread switched into it) and
@@ -19,19 +23,22 @@ from agent.lab import Lab
 
 
 class LoopbackRelay:
-    def __init__(self, lab: Lab, host_port: Callable[[], int]) -> None:
+    def __init__(
+        self, lab: Lab, host_port: Callable[[], int], listen: tuple[str, int] = ("127.0.0.1", 0)
+    ) -> None:
         # A callable: an API server restarted on another port is followed.
         self._host_port = host_port
-        self._listener: socket.socket = lab.call(lab.node, self._listen)
+        self._listener: socket.socket = lab.call(lab.node, self._listen, listen)
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True, name="relay")
         self._thread.start()
 
     @staticmethod
-    def _listen() -> socket.socket:
+    def _listen(address: tuple[str, int]) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
         sock.listen(64)
         return sock
 

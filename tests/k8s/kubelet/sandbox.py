@@ -1,0 +1,72 @@
+"""Pod sandboxes: a network namespace per pod, its address from the node's
+pod CIDR, and a veth whose node end is a port of the node's pod bridge.
+
+hostNetwork pods share the node's namespace and report the node's address.
+Every namespace carries the lab run's prefix, so the lab's leftover cleanup
+finds them after a killed run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+
+from agent.lab import netns
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    ns: str
+    ip: str
+    own: bool  # False for hostNetwork: the node's namespace, never removed
+
+
+class PodNetwork:
+    def __init__(self, prefix: str, node_ns: str, node_ip: str, cidr: str, bridge: str) -> None:
+        self.prefix, self.node_ns, self.node_ip, self.bridge = prefix, node_ns, node_ip, bridge
+        net = ipaddress.ip_network(cidr)
+        hosts = list(net.hosts())
+        self.gateway = str(hosts[0])  # the bridge's address
+        self.prefixlen = net.prefixlen
+        self._free = [str(h) for h in hosts[9:]]  # .10 onwards, in order
+        self._used: set[str] = set()
+        self._serial = 0
+        self._lock = threading.Lock()
+
+    def host(self) -> Sandbox:
+        return Sandbox(self.node_ns, self.node_ip, own=False)
+
+    def create(self) -> Sandbox:
+        with self._lock:
+            ip = next((a for a in self._free if a not in self._used), None)
+            if ip is None:
+                raise RuntimeError("pod CIDR exhausted")
+            self._used.add(ip)
+            self._serial += 1
+            serial = self._serial
+        ns = f"{self.prefix}pod{serial}"
+        veth = f"vp{serial}"
+        try:
+            netns.create(ns)
+            netns.ip("link", "add", "eth0", "type", "veth", "peer", "name", veth,
+                     "netns", self.node_ns, ns=ns)  # fmt: skip
+            netns.ip("link", "set", veth, "master", self.bridge, "up", ns=self.node_ns)
+            netns.ip("link", "set", veth, "type", "bridge_slave", "hairpin", "on", ns=self.node_ns)
+            netns.ip("addr", "add", f"{ip}/{self.prefixlen}", "dev", "eth0", ns=ns)
+            netns.ip("link", "set", "eth0", "up", ns=ns)
+            netns.ip("route", "add", "default", "via", self.gateway, ns=ns)
+        except BaseException:
+            netns.remove(ns)
+            self._release(ip)
+            raise
+        return Sandbox(ns, ip, own=True)
+
+    def remove(self, sandbox: Sandbox) -> None:
+        if sandbox.own:
+            netns.remove(sandbox.ns)  # kills what is left inside; the veth goes with it
+            self._release(sandbox.ip)
+
+    def _release(self, ip: str) -> None:
+        with self._lock:
+            self._used.discard(ip)
