@@ -36,7 +36,7 @@ help:
 	@echo "make bench   run every bench/*.py (installs the load generators)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make clean   remove .venv and caches"
-	@echo "make k8s-bin            build kube-apiserver + etcd for tests/k8s (no-op when built)"
+	@echo "make k8s-bin            build the test cluster binaries into tests/k8s/bin (no-op when built)"
 	@echo "make controlplane       start etcd + kube-apiserver on 127.0.0.1 in the background"
 	@echo "make controlplane-down  stop it"
 

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Build the test control plane, a real kube-apiserver, etcd, kube-controller-manager
-# and kube-scheduler, from the Go module in tests/k8s/controlplane into
-# tests/k8s/bin/ (git-ignored).
+# Build the test cluster's binaries into tests/k8s/bin/ (git-ignored), each
+# from a Go module of its own (never merged: their k8s.io versions differ):
+#   - tests/k8s/controlplane: a real kube-apiserver, etcd,
+#     kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes);
+#   - tests/k8s/images/echo-basic: echo-basic, the Gateway API conformance echo
+#     server (sigs.k8s.io/gateway-api/conformance/echo-basic);
+#   - tests/k8s/images/coredns: coredns (github.com/coredns/coredns).
 #
 # Reuses the binaries when they were built from the same sources: the stamp
-# is a hash of go.mod, go.sum, the main.go files and the build flags, so a
-# second run is a no-op that costs milliseconds and needs no Go at all.
-# A cold build (no Go module or build cache) downloads ~0.5 GB of modules and
-# takes 5-8 minutes on 2 cores; with warm caches (a fresh clone on a machine
-# that built before) ~10 s. GOCACHE and GOMODCACHE stay at Go's defaults (or
-# whatever the caller exported), so later builds are incremental.
+# is a hash of the three modules' go.mod, go.sum and .go files and the build
+# flags, so a second run is a no-op that costs milliseconds and needs no Go at
+# all. A cold build (no Go module or build cache) downloads ~0.5 GB of modules
+# for the control plane and ~0.4 GB for coredns and takes 8-12 minutes on
+# 2 cores; with warm caches (a fresh clone on a machine that built before)
+# ~15 s. GOCACHE and GOMODCACHE stay at Go's defaults (or whatever the caller
+# exported), so later builds are incremental.
 #
 #   scripts/build-controlplane.sh          build if needed
 #   scripts/build-controlplane.sh --force  rebuild even if the stamp matches
@@ -18,9 +23,14 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SRC=tests/k8s/controlplane
+ECHO_SRC=tests/k8s/images/echo-basic
+ECHO_PKG=sigs.k8s.io/gateway-api/conformance/echo-basic
+COREDNS_SRC=tests/k8s/images/coredns
+COREDNS_PKG=github.com/coredns/coredns
 BIN=tests/k8s/bin
 STAMP=$BIN/.stamp
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+CP_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=("${CP_BINARIES[@]}" echo-basic coredns)
 
 log() { printf 'build-controlplane: %s\n' "$*"; }
 die() { printf 'build-controlplane: error: %s\n' "$*" >&2; exit 1; }
@@ -33,10 +43,21 @@ case "${1:-}" in
     *) die "unknown argument ${1} (want --force or --check)" ;;
 esac
 
-# The Kubernetes version goes into the binary (kube-apiserver --version and
-# /version report it instead of upstream's unset v0.0.0-master).
-k8s_version=$(sed -n 's|^[[:space:]]*k8s\.io/kubernetes \(v[0-9][^[:space:]]*\).*$|\1|p' "$SRC/go.mod" | head -n 1)
+# The version a module's go.mod requires of module $2 (empty if none).
+required_version() {
+    sed -n "s|^[[:space:]]*\(require[[:space:]]\{1,\}\)\{0,1\}${2//./\\.} \(v[0-9][^[:space:]]*\).*\$|\2|p" \
+        "$1/go.mod" | head -n 1
+}
+
+# The Kubernetes version goes into the control plane's binaries
+# (kube-apiserver --version, /version and kubectl version report it instead
+# of upstream's unset v0.0.0-master).
+k8s_version=$(required_version "$SRC" k8s.io/kubernetes)
 [ -n "$k8s_version" ] || die "$SRC/go.mod does not require k8s.io/kubernetes"
+echo_version=$(required_version "$ECHO_SRC" sigs.k8s.io/gateway-api/conformance)
+[ -n "$echo_version" ] || die "$ECHO_SRC/go.mod does not require sigs.k8s.io/gateway-api/conformance"
+coredns_version=$(required_version "$COREDNS_SRC" "$COREDNS_PKG")
+[ -n "$coredns_version" ] || die "$COREDNS_SRC/go.mod does not require $COREDNS_PKG"
 k8s_minor=${k8s_version#v1.}
 k8s_minor=${k8s_minor%%.*}
 ver_pkgs=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
@@ -46,12 +67,15 @@ for p in "${ver_pkgs[@]}"; do
     ldflags+=" -X $p.gitTreeState=clean"
 done
 build_flags=(-trimpath "-ldflags=$ldflags")
+# The other modules have k8s.io versions of their own: no version stamping.
+image_flags=(-trimpath "-ldflags=-s -w")
 
 stamp_of_sources() {
     {
         printf 'flags: CGO_ENABLED=0 GOFLAGS=-mod=mod %s\n' "${build_flags[*]}"
-        (cd "$SRC" && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort \
-            | xargs sha256sum)
+        printf 'images: %s %s; %s %s\n' "${image_flags[*]}" "$ECHO_PKG" "${image_flags[*]}" "$COREDNS_PKG"
+        find "$SRC" "$ECHO_SRC" "$COREDNS_SRC" -name '*.go' -o -name go.mod -o -name go.sum \
+            | LC_ALL=C sort | xargs sha256sum
     } | sha256sum | cut -d' ' -f1
 }
 want=$(stamp_of_sources)
@@ -71,7 +95,7 @@ exec 9>"$BIN/.lock"
 flock 9
 
 if [ "$mode" = build ] && up_to_date; then
-    log "up to date: ${BINARIES[*]/#/$BIN/} ($k8s_version)"
+    log "up to date: ${BINARIES[*]/#/$BIN/} ($k8s_version, echo-basic $echo_version, coredns $coredns_version)"
     exit 0
 fi
 
@@ -86,23 +110,41 @@ if [ -z "${HOME:-}" ]; then
 fi
 
 log "$("$GO" version); GOMODCACHE=$("$GO" env GOMODCACHE) GOCACHE=$("$GO" env GOCACHE)"
-t0=$SECONDS
-log "downloading modules (k8s.io/kubernetes $k8s_version) ..."
-(cd "$SRC" && "$GO" mod download)
-t1=$SECONDS
-log "modules ready in $((t1 - t0)) s; compiling ${BINARIES[*]} ..."
 tmp=$(mktemp -d "$PWD/$BIN/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+t_start=$SECONDS
+
+# build_module NAME DIR "WHAT" "OUTPUTS" GO-BUILD-ARGS...: downloads DIR's modules,
+# then runs go build in DIR (its own module) with -o $tmp/; each step timed.
+build_module() {
+    local name=$1 dir=$2 what=$3 outputs=$4
+    shift 4
+    local t0=$SECONDS
+    log "$name: downloading modules ($what) ..."
+    (cd "$dir" && "$GO" mod download)
+    local t1=$SECONDS
+    log "$name: modules ready in $((t1 - t0)) s; compiling $outputs ..."
+    (cd "$dir" && "$GO" build -o "$tmp/" "$@")
+    log "$name: compiled in $((SECONDS - t1)) s"
+}
+
 pkgs=()
-for b in "${BINARIES[@]}"; do pkgs+=("./cmd/$b"); done
-(cd "$SRC" && "$GO" build "${build_flags[@]}" -o "$tmp/" "${pkgs[@]}")
-t2=$SECONDS
+for b in "${CP_BINARIES[@]}"; do pkgs+=("./cmd/$b"); done
+build_module controlplane "$SRC" "k8s.io/kubernetes $k8s_version" "${CP_BINARIES[*]}" \
+    "${build_flags[@]}" "${pkgs[@]}"
+build_module echo-basic "$ECHO_SRC" "sigs.k8s.io/gateway-api/conformance $echo_version" echo-basic \
+    "${image_flags[@]}" "$ECHO_PKG"
+build_module coredns "$COREDNS_SRC" "$COREDNS_PKG $coredns_version" coredns \
+    "${image_flags[@]}" "$COREDNS_PKG"
+
 for b in "${BINARIES[@]}"; do
     [ -x "$tmp/$b" ] || die "go build produced no $b"
+done
+for b in "${BINARIES[@]}"; do
     mv -f "$tmp/$b" "$BIN/$b"
 done
 printf '%s\n' "$want" >"$STAMP"
-log "compiled in $((t2 - t1)) s; total $((t2 - t0)) s"
+log "total $((SECONDS - t_start)) s"
 for b in "${BINARIES[@]}"; do
     log "$(du -h "$BIN/$b" | cut -f1)  $BIN/$b"
 done

@@ -39,12 +39,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from controlplane import BIN_DIR, BUILD_SCRIPT, ControlPlane, ControlPlaneError  # noqa: E402
-from kubelet.kubelet import Kubelet  # noqa: E402
-from relay import LoopbackRelay  # noqa: E402
+from controlplane import BIN_DIR, BUILD_SCRIPT, ControlPlane, ControlPlaneError
+from kubelet.kubelet import Kubelet
+from relay import LoopbackRelay
 
-from agent.lab import Lab, netns  # noqa: E402
-from agent.osutil import alive  # noqa: E402
+from agent.lab import Lab, netns
+from agent.osutil import alive
 
 NODE_NAME = "lab-node"
 POD_CIDR = "10.20.0.0/24"  # the lab node's bridge br0 is 10.20.0.1

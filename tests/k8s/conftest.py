@@ -63,3 +63,13 @@ def controlplane() -> Iterator[ControlPlane]:
         pytest.skip(why_not)
     with ControlPlane() as cp:
         yield cp
+
+
+@pytest.fixture(scope="session")
+def cluster_binaries() -> None:
+    """The one-node cluster's programs besides the control plane: kubectl,
+    kube-controller-manager, kube-scheduler and the images' echo-basic and
+    coredns (the same build script builds them all)."""
+    why_not = _ensure_binaries()
+    if why_not is not None:
+        pytest.skip(why_not)

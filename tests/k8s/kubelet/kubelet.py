@@ -17,15 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controlplane import ControlPlane, _signed_cert
+from nodeagent import NodeAgent
+
+from agent.lab import Lab
+
 from .container import Tracker
 from .pods import NodeServices, PodWorker
 from .sandbox import PodNetwork
 from .server import ConnectProxy, KubeletAPI
 from .volumes import MountPoints
-
-from agent.lab import Lab
-from controlplane import ControlPlane, _signed_cert
-from nodeagent import NodeAgent
 
 KUBELET_PORT = 10250
 
@@ -51,9 +52,7 @@ class Kubelet:
             node_name=name,
             host_ip=self.node_ip,
             api=cp,
-            network=PodNetwork(
-                lab.prefix, lab.node.ns, self.node_ip, pod_cidr, bridge="br0"
-            ),
+            network=PodNetwork(lab.prefix, lab.node.ns, self.node_ip, pod_cidr, bridge="br0"),
             tracker=Tracker(f"gatewaylb-lab/{lab.prefix.strip('-')}"),
             mountpoints=MountPoints(),
             root=root,

@@ -99,7 +99,8 @@ def limit_capabilities(keep: list[int]) -> None:
 
 
 def main() -> NoReturn:
-    spec.update(json.loads(open(sys.argv[1], encoding="utf-8").read()))
+    with open(sys.argv[1], encoding="utf-8") as f:
+        spec.update(json.load(f))
     for procs in spec.get("cgroups", []):
         with open(procs, "w", encoding="ascii") as f:
             f.write(str(os.getpid()))

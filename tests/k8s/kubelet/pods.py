@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import images
-from . import spec
+from . import images, spec
 from .container import Run, Tracker, rfc3339
 from .probes import ProbeSpec, ProbeState, run_probe
 from .sandbox import PodNetwork, Sandbox
@@ -172,7 +171,9 @@ class PodWorker:
         try:
             if self.sandbox is None:
                 host_network = bool(self.pod["spec"].get("hostNetwork"))
-                self.sandbox = self.node.network.host() if host_network else self.node.network.create()
+                self.sandbox = (
+                    self.node.network.host() if host_network else self.node.network.create()
+                )
             self.volumes = materialize(
                 self.pod, self.dir, self._data_of, self._token_for, self._facts()
             )
@@ -392,7 +393,7 @@ class PodWorker:
         status = self.status()
         if status == self.last_status:
             return
-        code, body = self.node.api.request(
+        code, _body = self.node.api.request(
             "PATCH",
             f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
             {"status": status},
@@ -543,7 +544,9 @@ class PodWorker:
         host, port = self.node.kubernetes_service
         services.append(("kubernetes", host, [{"port": port, "protocol": "TCP", "name": "https"}]))
         if self.pod["spec"].get("enableServiceLinks", True):
-            code, body = self.node.api.request("GET", f"/api/v1/namespaces/{self.namespace}/services")
+            code, body = self.node.api.request(
+                "GET", f"/api/v1/namespaces/{self.namespace}/services"
+            )
             for svc in (body.get("items") or []) if code == 200 else []:
                 ip = svc["spec"].get("clusterIP")
                 if ip and ip != "None" and svc["metadata"]["name"] != "kubernetes":

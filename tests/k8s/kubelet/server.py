@@ -89,9 +89,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = pod.log_file(container, previous)
         if path is None:
             what = "previous terminated container" if previous else "container"
-            return self._reply(
-                400, f'{what} "{container}" in pod "{name}" not found'.encode()
-            )
+            return self._reply(400, f'{what} "{container}" in pod "{name}" not found'.encode())
         timestamps = query.get("timestamps") == "true"
         since = time.time() - float(query["sinceSeconds"]) if "sinceSeconds" in query else None
         lines = _lines(path, timestamps, since)

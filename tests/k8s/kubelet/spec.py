@@ -193,7 +193,9 @@ def environment(
             if data is None:
                 if ref.get("optional"):
                     continue
-                raise ConfigError(f"envFrom[{i}]: {label} {facts.namespace}/{ref.get('name')} not found")
+                raise ConfigError(
+                    f"envFrom[{i}]: {label} {facts.namespace}/{ref.get('name')} not found"
+                )
             for key, value in data.items():
                 env[source.get("prefix", "") + key] = value
     for i, var in enumerate(container.get("env") or []):

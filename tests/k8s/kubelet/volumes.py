@@ -11,6 +11,7 @@ than a token (an hour), so the first one is the only one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -45,7 +46,9 @@ def materialize(
         sources: list[tuple[str, Mapping[str, Any]]]
         if "projected" in volume:
             mode = volume["projected"].get("defaultMode", mode)
-            sources = [(k, v) for src in volume["projected"].get("sources") or [] for k, v in src.items()]
+            sources = [
+                (k, v) for src in volume["projected"].get("sources") or [] for k, v in src.items()
+            ]
         else:
             sources = [(k, v) for k, v in volume.items() if k != "name"]
             mode = next((v.get("defaultMode", mode) for _, v in sources), mode)
@@ -79,7 +82,9 @@ def _files(
             if item["key"] not in data:
                 if source.get("optional"):
                     continue
-                raise ConfigError(f"{where}: {label} {facts.namespace}/{ref} has no key {item['key']!r}")
+                raise ConfigError(
+                    f"{where}: {label} {facts.namespace}/{ref} has no key {item['key']!r}"
+                )
             files.append((item["path"], data[item["key"]].encode(), item.get("mode")))
         return files
     if kind == "downwardAPI":
@@ -89,7 +94,9 @@ def _files(
         ]
     if kind == "serviceAccountToken":
         token = token_for(
-            facts.service_account, source.get("audience"), int(source.get("expirationSeconds", 3600))
+            facts.service_account,
+            source.get("audience"),
+            int(source.get("expirationSeconds", 3600)),
         )
         return [(source["path"], token.encode(), None)]
     raise ConfigError(f"{where}: volume source {kind} is not supported")
@@ -155,7 +162,11 @@ class MountPoints:
             target = Path(mount["mountPath"])
             self._ensure(target, directory=source.is_dir())
             out.append(
-                {"source": str(source), "target": str(target), "readOnly": bool(mount.get("readOnly"))}
+                {
+                    "source": str(source),
+                    "target": str(target),
+                    "readOnly": bool(mount.get("readOnly")),
+                }
             )
         return out
 
@@ -174,8 +185,6 @@ class MountPoints:
     def remove(self) -> None:
         with self._lock:
             for p in reversed(self._created):
-                try:
+                with contextlib.suppress(OSError):
                     p.rmdir() if p.is_dir() else p.unlink()
-                except OSError:
-                    pass
             self._created.clear()

@@ -1,0 +1,520 @@
+"""gatewaylb deployed as a user deploys it, on the one-node test cluster.
+
+`kubectl apply -k deploy/daemonset`, unmodified: the node agent runs the
+DaemonSet's pod (the checkout's gatewaylb, with the capabilities, volumes,
+probes and ServiceAccount token the manifest gives it), and a Gateway with
+TCP, UDP and HTTP listeners routes a client outside the node to the pods of
+a Deployment.  The tests run in file order on one cluster: the Gateway of
+the traffic tests is the one the later tests scale, roll and delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import Cluster
+from controlplane import REPO
+
+pytestmark = pytest.mark.root
+
+DAEMONSET = REPO / "deploy" / "daemonset"
+SYSTEM = "gatewaylb-system"
+NS = "apps"
+VIP = "10.99.0.10"
+HTTP_PORT, TCP_PORT, UDP_PORT = 80, 9000, 9001
+ECHO_IMAGE = "registry.k8s.io/gateway-api/echo-basic:v1.6.1"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(step)
+
+
+def pods(c: Cluster, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    query = {"labelSelector": selector} if selector else None
+    status, body = c.cp.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=query)
+    assert status == 200, body
+    return list(body["items"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(x["type"] == "Ready" and x["status"] == "True" for x in conditions)
+
+
+def ready_names(c: Cluster) -> set[str]:
+    return {
+        p["metadata"]["name"]
+        for p in pods(c, NS, "app=echo")
+        if ready(p) and not p["metadata"].get("deletionTimestamp")
+    }
+
+
+# --- clients in the lab's client namespace ----------------------------------------------
+
+
+class Client:
+    """Sockets made in the client namespace, used from any thread."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+
+    def socket(self, kind: int) -> socket.socket:
+        return self.c.lab.call(self.c.lab.client, socket.socket, socket.AF_INET, kind)
+
+    def tcp(self, port: int, timeout: float = 2.0) -> str:
+        """One new connection carrying an HTTP request; the pod that answered."""
+        with self.socket(socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect((VIP, port))
+            s.sendall(b"GET /tcp HTTP/1.0\r\nHost: echo\r\n\r\n")
+            return _pod_of(_read_all(s))
+
+    def http(self, path: str = "/", timeout: float = 2.0) -> str:
+        with self.socket(socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect((VIP, HTTP_PORT))
+            s.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: echo.example\r\nConnection: close\r\n\r\n".encode()
+            )
+            raw = _read_all(s)
+        status = raw.split(b"\r\n", 1)[0]
+        if b" 200 " not in status + b" ":
+            raise OSError(f"HTTP: {status.decode(errors='replace')}")
+        return _pod_of(raw)
+
+    def udp(self, timeout: float = 1.0) -> str:
+        with self.socket(socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"ping", (VIP, UDP_PORT))
+            data, _ = s.recvfrom(4096)
+        return str(json.loads(data)["pod"])
+
+    def seen(self, call: Callable[[], str], want: set[str], timeout: float) -> set[str]:
+        """Calls until every pod in `want` answered; returns who answered."""
+        got: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while not want <= got and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                got.add(call())
+        return got
+
+
+def _read_all(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _pod_of(raw: bytes) -> str:
+    body = raw.split(b"\r\n\r\n", 1)[-1]
+    return str(json.loads(body)["pod"])
+
+
+class Stream:
+    """Back-to-back requests in a thread; counts successes and failures and
+    keeps the time of each failure."""
+
+    def __init__(self, call: Callable[[], str]) -> None:
+        self.call = call
+        self.ok = 0
+        self.failures: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.call()
+                self.ok += 1
+            except (OSError, ValueError) as e:
+                self.failures.append((time.monotonic(), str(e)))
+                time.sleep(0.01)
+
+    def window(self) -> float:
+        if not self.failures:
+            return 0.0
+        return self.failures[-1][0] - self.failures[0][0]
+
+
+# --- the cluster, gatewaylb on it, and the application ------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_binaries: None) -> Iterator[Cluster]:
+    with Cluster() as c:
+        print(f"\none-node cluster up in {c.timings['ready']:.1f} s")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: Cluster) -> Cluster:
+    out = cluster.kubectl("apply", "-k", str(DAEMONSET))
+    assert "daemonset.apps/gatewaylb created" in out, out
+    t0 = time.monotonic()
+    agent = wait_for(
+        lambda: next((p for p in pods(cluster, SYSTEM) if ready(p)), None), 90, "agent pod Ready"
+    )
+    print(f"agent pod {agent['metadata']['name']} Ready in {time.monotonic() - t0:.1f} s")
+    return cluster
+
+
+def agent_pod(c: Cluster) -> dict[str, Any]:
+    live = [p for p in pods(c, SYSTEM) if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 1, [p["metadata"]["name"] for p in live]
+    return live[0]
+
+
+def bounding_set(pid: int) -> set[str]:
+    from kubelet.spec import CAPABILITIES
+
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    bits = int(next(line.split()[1] for line in status if line.startswith("CapBnd:")), 16)
+    return {name for i, name in enumerate(CAPABILITIES) if (bits >> i) & 1}
+
+
+def agent_pid(pod: dict[str, Any]) -> int:
+    container_id = pod["status"]["containerStatuses"][0]["containerID"]
+    return int(container_id.rsplit("/", 1)[1])
+
+
+def application() -> list[dict[str, Any]]:
+    labels = {"app": "echo"}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "echo", "namespace": NS},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [
+                        {
+                            "name": "http",
+                            "image": ECHO_IMAGE,
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": 3000}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": "http"},
+                                "periodSeconds": 1,
+                            },
+                            # Endpoints leave the Gateway's backends while the
+                            # old pod still answers (the usual drain for any
+                            # load balancer fed by EndpointSlices).
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
+                        },
+                        {
+                            "name": "udp",
+                            "image": ECHO_IMAGE,
+                            "env": [
+                                *env,
+                                {"name": "UDP_ECHO_SERVER", "value": "1"},
+                                {"name": "UDP_PORT", "value": "5300"},
+                            ],
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
+                        },
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": NS},
+        "spec": {
+            "selector": labels,
+            "ports": [
+                {"name": "http", "port": 3000, "protocol": "TCP", "targetPort": 3000},
+                {"name": "udp", "port": 5300, "protocol": "UDP", "targetPort": 5300},
+            ],
+        },
+    }
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": NS},
+        "spec": {
+            "gatewayClassName": "gatewaylb",
+            "addresses": [{"type": "IPAddress", "value": VIP}],
+            "listeners": [
+                {"name": "http", "protocol": "HTTP", "port": HTTP_PORT},
+                {"name": "tcp", "protocol": "TCP", "port": TCP_PORT},
+                {"name": "udp", "protocol": "UDP", "port": UDP_PORT},
+            ],
+        },
+    }
+
+    def route(kind: str, version: str, listener: str, port: int) -> dict[str, Any]:
+        rule: dict[str, Any] = {"backendRefs": [{"name": "echo", "port": port}]}
+        return {
+            "apiVersion": f"gateway.networking.k8s.io/{version}",
+            "kind": kind,
+            "metadata": {"name": f"echo-{listener}", "namespace": NS},
+            "spec": {
+                "parentRefs": [{"name": "edge", "sectionName": listener}],
+                "rules": [rule],
+            },
+        }
+
+    return [
+        deployment,
+        service,
+        gateway,
+        route("HTTPRoute", "v1", "http", 3000),
+        route("TCPRoute", "v1alpha2", "tcp", 3000),
+        route("UDPRoute", "v1alpha2", "udp", 5300),
+    ]
+
+
+@pytest.fixture(scope="module")
+def app(deployed: Cluster) -> Cluster:
+    c = deployed
+    c.cp.ensure_namespace(NS)
+    for obj in application():
+        c.cp.apply(obj)
+    wait_for(lambda: len(ready_names(c)) == 3, 60, "3 echo pods Ready")
+
+    def programmed() -> bool:
+        status, gw = c.cp.request(
+            "GET", f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/gateways/edge"
+        )
+        conditions = gw.get("status", {}).get("conditions") or [] if status == 200 else []
+        return any(x["type"] == "Programmed" and x["status"] == "True" for x in conditions)
+
+    wait_for(programmed, 60, "Gateway edge Programmed")
+    return c
+
+
+# --- the tests --------------------------------------------------------------------------
+
+
+def test_the_agent_pod_runs_as_the_daemonset_says_and_is_ready_through_its_probe(
+    deployed: Cluster,
+) -> None:
+    pod = agent_pod(deployed)
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] and status["restartCount"] == 0, status
+    assert pod["status"]["podIP"] == deployed.lab.node.ip4  # hostNetwork
+    pid = agent_pid(pod)
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    # In-cluster config: the kubernetes Service and the pod's own token, nothing else.
+    assert environ["KUBERNETES_SERVICE_HOST"] == "10.213.0.1"
+    assert environ["GATEWAYLB_NODE_NAME"] == "lab-node"
+    assert not any("KUBECONFIG" in k for k in environ)
+    listing = subprocess.run(
+        ["nsenter", f"--target={pid}", "--mount", "--",
+         "ls", "/var/run/secrets/kubernetes.io/serviceaccount"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert set(listing) >= {"token", "ca.crt", "namespace"}
+    # Only the capabilities the manifest adds (drop ALL, then add) survive in
+    # the agent's bounding set, as far as this machine has them at all.
+    manifest = yaml.safe_load((DAEMONSET / "daemonset.yaml").read_text())
+    added = set(manifest["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                ["capabilities"]["add"])  # fmt: skip
+    assert bounding_set(pid) == added & bounding_set(os.getpid())
+    logs = deployed.kubectl("logs", "-n", SYSTEM, pod["metadata"]["name"])
+    assert "event=ready" in logs and "event=lease_acquired" in logs, logs[-2000:]
+    for denied in ("Forbidden", "forbidden", "status_writer_blocked"):
+        assert denied not in logs, logs[-2000:]
+
+
+def test_the_metrics_port_answers_on_the_node(deployed: Cluster) -> None:
+    def scrape() -> str:
+        url = f"http://{deployed.lab.node.ip4}:9469/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    text = deployed.lab.call(deployed.lab.node, scrape)
+    info = [line for line in text.splitlines() if line.startswith("gatewaylb_info{")]
+    assert len(info) == 1 and 'node="lab-node"' in info[0], info
+    writer = [line for line in text.splitlines() if line.startswith("gatewaylb_status_writer{")]
+    assert any('state="leader"' in line and line.endswith(" 1.0") for line in writer), writer
+
+
+def test_a_gateway_routes_tcp_udp_and_http_to_every_replica(app: Cluster) -> None:
+    client = Client(app)
+    want = ready_names(app)
+    assert len(want) == 3
+    for name, call in (
+        ("http", client.http),
+        ("tcp", lambda: client.tcp(TCP_PORT)),
+        ("udp", client.udp),
+    ):
+        got = client.seen(call, want, timeout=20)
+        assert got == want, f"{name}: reached {sorted(got)} of {sorted(want)}"
+
+
+def _scale(c: Cluster, replicas: int) -> None:
+    c.kubectl("scale", "deployment/echo", "-n", NS, f"--replicas={replicas}")
+
+
+def test_scaling_converges_through_endpoint_slices_within_two_seconds(app: Cluster) -> None:
+    client = Client(app)
+    _scale(app, 5)
+    wait_for(lambda: len(ready_names(app)) == 5, 60, "5 echo pods Ready")
+    t_ready = time.monotonic()
+    want = ready_names(app)
+    got = client.seen(client.http, want, timeout=10) | client.seen(
+        lambda: client.tcp(TCP_PORT), want, timeout=10
+    )
+    up = time.monotonic() - t_ready
+    assert got == want
+    print(f"scale 3 -> 5: every new pod served {up:.2f} s after the last turned Ready")
+    assert up < 2.0 + 1.0  # the bound plus the time to reach five pods by chance
+
+    keep = None
+    t0 = time.monotonic()
+    _scale(app, 1)
+
+    def only_one() -> bool:
+        nonlocal keep
+        names = ready_names(app)
+        if len(names) != 1:
+            return False
+        keep = next(iter(names))
+        answers = [client.tcp(TCP_PORT) for _ in range(10)] + [client.http() for _ in range(10)]
+        return set(answers) == {keep}
+
+    wait_for(only_one, 10, "traffic on the one remaining pod", step=0.05)
+    down = time.monotonic() - t0
+    print(f"scale 5 -> 1: traffic only on {keep} {down:.2f} s after the scale")
+    assert down < 2.0
+    _scale(app, 3)
+    wait_for(lambda: len(ready_names(app)) == 3, 60, "3 echo pods Ready again")
+
+
+def test_a_rolling_update_of_the_backends_loses_no_request(app: Cluster) -> None:
+    client = Client(app)
+    before = ready_names(app)
+    with Stream(lambda: client.tcp(TCP_PORT)) as tcp, Stream(client.http) as http:
+        time.sleep(1)
+        app.kubectl("rollout", "restart", "deployment/echo", "-n", NS)
+        app.kubectl("rollout", "status", "deployment/echo", "-n", NS, "--timeout=120s", timeout=130)
+        wait_for(lambda: not (ready_names(app) & before) and len(ready_names(app)) == 3, 60,
+                 "old pods gone")  # fmt: skip
+        time.sleep(2)
+    print(
+        f"backend rolling update: TCP {tcp.ok} connections, {len(tcp.failures)} failed; "
+        f"HTTP {http.ok} requests, {len(http.failures)} failed"
+    )
+    assert tcp.ok > 50 and http.ok > 50
+    assert not tcp.failures, tcp.failures[:5]
+    assert not http.failures, http.failures[:5]
+
+
+def test_a_rolling_update_of_the_daemonset_keeps_l4_connections(app: Cluster) -> None:
+    client = Client(app)
+    old = agent_pod(app)
+    # Established connections, each used again after the update.
+    held = []
+    for _ in range(5):
+        s = client.socket(socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect((VIP, TCP_PORT))
+        held.append(s)
+    with (
+        Stream(lambda: client.tcp(TCP_PORT)) as tcp,
+        Stream(client.udp) as udp,
+        Stream(client.http) as http,
+    ):
+        time.sleep(1)
+        patch = [
+            {
+                "op": "add",
+                "path": "/spec/template/spec/containers/0/args/-",
+                "value": "--log-level=info",
+            }
+        ]
+        app.kubectl(
+            "patch", "daemonset/gatewaylb", "-n", SYSTEM, "--type=json", "-p", json.dumps(patch)
+        )
+        app.kubectl("rollout", "status", "daemonset/gatewaylb", "-n", SYSTEM, "--timeout=120s",
+                    timeout=130)  # fmt: skip
+        new = wait_for(
+            lambda: (
+                (p := agent_pod(app))["metadata"]["uid"] != old["metadata"]["uid"]
+                and ready(p)
+                and p
+            ),
+            60,
+            "new agent pod Ready",
+        )
+        time.sleep(2)
+    for s in held:
+        s.sendall(b"GET /held HTTP/1.0\r\n\r\n")
+        assert _pod_of(_read_all(s)), "an established connection did not survive"
+        s.close()
+    print(
+        f"DaemonSet rolling update ({old['metadata']['name']} -> {new['metadata']['name']}): "
+        f"5/5 established TCP connections survived; new connections: "
+        f"TCP {tcp.ok} ok, {len(tcp.failures)} failed over {tcp.window():.2f} s; "
+        f"UDP {udp.ok} ok, {len(udp.failures)} failed over {udp.window():.2f} s; "
+        f"HTTP {http.ok} ok, {len(http.failures)} failed over {http.window():.2f} s"
+    )
+    assert not tcp.failures, tcp.failures[:5]
+    assert http.window() < 30
+
+
+def test_deleting_the_daemonset_and_cleanup_leave_nothing_in_the_kernel(app: Cluster) -> None:
+    c = app
+    c.kubectl("delete", "-k", str(DAEMONSET), "--wait=true", timeout=120)
+    wait_for(lambda: not pods(c, SYSTEM), 60, "agent pod gone")
+    gatewaylb = str(REPO / ".venv" / "bin" / "gatewaylb")
+    node = f"--net=/run/netns/{c.node_ns}"
+    before = subprocess.run(
+        ["nsenter", node, "--", gatewaylb, "status", "--output=json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    done = subprocess.run(
+        ["nsenter", node, "--", gatewaylb, "cleanup"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    after = subprocess.run(
+        ["nsenter", node, "--", gatewaylb, "status", "--output=json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    state = json.loads(after.stdout)
+    print(f"left by the deleted DaemonSet: {before.stdout[:600]}\ncleanup: {done.stdout.strip()}")
+    assert json.loads(before.stdout)["kernel"]["tc"], "the deleted agent left no dataplane?"
+    assert state["kernel"] == {"tc": [], "cgroup": [], "nft_tables": [], "pin_dirs": []}, state
