@@ -414,12 +414,16 @@ int glb_ingress(struct __sk_buff *skb)
 		 * backend instead of black-holing (the kube-proxy bug class), and
 		 * so does a fresh SYN reusing the 5-tuple; an established TCP
 		 * connection keeps its backend, as conntrack would.  The address
-		 * is compared too: a removed backend's id may be given again. */
+		 * is compared too: a removed backend's id may be given again.
+		 * A fresh SYN also leaves a draining backend: it is a new
+		 * connection (conntrack starts a new entry for a SYN on a closed
+		 * one), and a terminating pod is about to stop listening. */
 		if (p.k.proto == IPPROTO_UDP ||
 		    (p.tcp_flags & (GLB_TCP_SYN | GLB_TCP_ACK)) == GLB_TCP_SYN) {
 			still = glb_backends.lookup(&flow.backend_id);
 			if (!still || !glb_addr_eq(still->addr, flow.addr) ||
-			    still->port != flow.port)
+			    still->port != flow.port ||
+			    (p.k.proto == IPPROTO_TCP && still->weight == 0))
 				known = NULL;
 		}
 	}

@@ -128,6 +128,7 @@ _PROG_QUERY: Final = 16
 _MAP_UPDATE_BATCH: Final = 26
 _MAP_DELETE_BATCH: Final = 27
 _F_ALLOW_MULTI: Final = 2
+PROGRAM_PREFIX: Final = "glb_"  # every program in bpf/ is named so
 
 # (program, attach type) for the cgroup sock_addr hooks
 CGROUP_HOOKS: Final = (
@@ -409,11 +410,22 @@ def possible_cpus() -> int:
 
 
 def _mounts() -> list[tuple[str, str]]:
-    """(mount point, filesystem type) of every mount this process sees."""
+    """(mount point, filesystem type) of every mount this process can reach."""
+    return visible_mounts(Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def visible_mounts(mountinfo: Iterable[str]) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of the mounts in mountinfo lines that
+    are not hidden: a mount stacked on the same point, or on a directory
+    above it, hides the earlier ones (a container's bind mount of a cgroup2
+    subtree over the host's /sys/fs/cgroup hides /sys/fs/cgroup/unified)."""
     out: list[tuple[str, str]] = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in mountinfo:
         fields = line.split()
-        out.append((fields[4], fields[fields.index("-") + 1]))
+        point = fields[4]
+        below = point.rstrip("/") + "/"
+        out = [(m, k) for m, k in out if m != point and not m.startswith(below)]
+        out.append((point, fields[fields.index("-") + 1]))
     return out
 
 
@@ -926,12 +938,21 @@ class EbpfDataplane:
     def _attach_cgroup(self, path: str) -> None:
         """Attach new programs first, then detach those of a previous instance
         (pinned as prog_<name>): both run for a moment, the second one sees an
-        already translated address and does nothing, so no connect() is missed."""
-        cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        already translated address and does nothing, so no connect() is missed.
+        Programs of ours left attached without a pin (a bpf filesystem
+        remounted under a running node, pins removed by hand) are detached
+        too: the first of several hooks that translates wins, so a stale one
+        would keep serving its old backends to every local process."""
         try:
+            cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise EbpfError(f"cgroup {path} for the socket hooks: {exc.strerror}") from None
+        try:
+            mine: set[int] = set()
             for prog, attach_type in CGROUP_HOOKS:
                 fd = self._loader.load_sock_addr(prog, attach_type)
                 _Bpf.prog_attach(cg, fd, attach_type, _F_ALLOW_MULTI)
+                mine.add(_Bpf.prog_info(fd)[0])
                 pin = self.pin_dir / f"prog_{prog}"
                 if pin.exists():
                     old = _Bpf.obj_get(str(pin))
@@ -942,8 +963,34 @@ class EbpfDataplane:
                         os.close(old)
                     pin.unlink()
                 _Bpf.obj_pin(fd, str(pin))
+            self._detach_orphans(cg, path, mine)
         finally:
             os.close(cg)
+
+    @staticmethod
+    def _detach_orphans(cg: int, path: str, mine: set[int]) -> None:
+        for attach_type in sorted({t for _, t in CGROUP_HOOKS}):
+            for prog_id in _Bpf.prog_query(cg, attach_type):
+                if prog_id in mine:
+                    continue
+                try:
+                    fd = _Bpf.prog_fd_by_id(prog_id)
+                except OSError:
+                    continue  # detached meanwhile
+                try:
+                    name = _Bpf.prog_info(fd)[1]
+                    if name.startswith(PROGRAM_PREFIX):
+                        _Bpf.prog_detach(cg, fd, attach_type)
+                        log.warning(
+                            "event=ebpf_orphan_hook_detached cgroup=%s program=%s id=%d",
+                            path,
+                            name,
+                            prog_id,
+                        )
+                except OSError as exc:
+                    log.warning("event=ebpf_orphan_hook_kept id=%d error=%s", prog_id, exc)
+                finally:
+                    os.close(fd)
 
     def _detach_cgroup(self) -> None:
         for prog, attach_type in CGROUP_HOOKS:

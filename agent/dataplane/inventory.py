@@ -34,6 +34,7 @@ from typing import Any, Final
 from agent.dataplane.ebpf import (
     CGROUP_HOOKS,
     MAPS,
+    PROGRAM_PREFIX,
     TC_EGRESS,
     TC_HANDLE,
     TC_INGRESS,
@@ -47,7 +48,6 @@ from agent.dataplane.ebpf import (
 log = logging.getLogger(__name__)
 
 TC_NAME_SUFFIX: Final = ":gatewaylb"
-PROGRAM_PREFIX: Final = "glb_"
 NFT_TABLE_NAME: Final = re.compile(r"^gatewaylb([-_].*)?$")
 PIN_MARKERS: Final = ("frontends", "fe_stats")  # a directory with these holds our maps
 MAX_CGROUPS: Final = 100_000  # a walk bound: cgroup trees of real nodes hold a few thousand

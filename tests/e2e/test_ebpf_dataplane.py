@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.dataplane.ebpf import EbpfDataplane, EbpfError
+from agent.dataplane.ebpf import CGROUP_HOOKS, EbpfDataplane, EbpfError
+from agent.dataplane.inventory import find_cgroup_programs
 from agent.lab import Host, Lab, netns, vip4, vip6
 from agent.lab.netns import exec_argv
 from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
@@ -340,6 +341,17 @@ def test_established_flows_keep_their_backend_when_the_set_changes(env: Env) -> 
             env.client(c.close)
 
 
+def test_a_fresh_syn_on_the_5_tuple_of_a_draining_backend_takes_a_live_one(env: Env) -> None:
+    """A client reusing a source port: the flow table still maps the 5-tuple
+    to a backend that now drains (a terminating pod about to stop
+    listening).  The SYN is a new connection and goes to a live backend."""
+    sport = 40080
+    env.program(frontend(vip4(20), 80, {1: 1}))
+    assert env.client(tcp_ask, vip4(20), 80, 1.0, sport) == "be1"
+    env.program(frontend(vip4(20), 80, {1: 0, 2: 1}))
+    assert env.client(tcp_ask, vip4(20), 80, 1.0, sport) == "be2"
+
+
 def test_udp_flow_of_a_removed_backend_moves_and_a_draining_one_stays(env: Env) -> None:
     sport = 40053  # one 5-tuple throughout: the flow table decides, not Maglev
     env.program(frontend(vip4(19), 53, {1: 1}, proto="udp"))
@@ -503,18 +515,27 @@ print(json.dumps(out), flush=True)
 """
 
 
-def run_local_client(env: Env, vip: str, port: int) -> dict[str, Any]:
-    """LOCAL_CLIENT in the node namespace, moved into the hooked cgroup first."""
+def local_client(env: Env, vip: str, port: int) -> tuple[int, str]:
+    """LOCAL_CLIENT in the node namespace, moved into the hooked cgroup first:
+    (exit code, stdout)."""
     argv = exec_argv(env.lab.node.ns, [sys.executable, "-c", LOCAL_CLIENT, vip, str(port)])
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert proc.stdin is not None
     try:
         (env.cgroup / "cgroup.procs").write_text(str(proc.pid))
-        out, _ = proc.communicate("go\n", timeout=20)
+        out, _ = proc.communicate("go\n", timeout=40)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return proc.returncode, out
+
+
+def run_local_client(env: Env, vip: str, port: int) -> dict[str, Any]:
+    code, out = local_client(env, vip, port)
+    assert code == 0, f"local client exited {code}"
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -645,3 +666,41 @@ def test_translated_flows_are_forwarded_by_the_program_not_the_stack(env: Env) -
         subprocess.run(
             exec_argv(lab.node.ns, ["nft", "delete", "table", "inet", "glbtest"]), check=False
         )
+
+
+def test_a_new_instance_detaches_hooks_whose_pins_were_lost(env: Env) -> None:
+    """A bpf filesystem remounted under a running node loses the pins, not the
+    attached hooks.  The next instance detaches such orphans: of several
+    hooks the first that translates wins, so a stale one would keep sending
+    local connections to the backends of its own, stale maps."""
+    env.program(
+        frontend(vip4(22), 80, {1: 1, 2: 1, 3: 1}), frontend(vip4(22), 80, {2: 1}, proto="udp")
+    )
+    assert run_local_client(env, vip4(22), 80)["tcp"]  # env.dp's hooks translate
+    before = {p.prog_id for p in find_cgroup_programs([str(env.cgroup)])}
+    assert len(before) == len(CGROUP_HOOKS)
+    other = tempfile.mkdtemp(prefix="glb-orphans-bpffs-")
+    subprocess.run(["mount", "-t", "bpf", "bpf", other], check=True)
+    try:
+        # A new instance that cannot see env.dp's pins: no frontends, and
+        # env.dp's hooks are orphans to it.
+        fresh = env.node(
+            EbpfDataplane,
+            interfaces=(),
+            pin_dir=f"{other}/gatewaylb",
+            cgroup_path=str(env.cgroup),
+            pool_slots=1 << 16,
+        )
+        try:
+            after = {p.prog_id for p in find_cgroup_programs([str(env.cgroup)])}
+            assert len(after) == len(CGROUP_HOOKS) and not after & before, (before, after)
+            # Its empty maps translate nothing: nothing stale answers for the VIP.
+            assert local_client(env, vip4(22), 80)[0] != 0
+        finally:
+            env.node(fresh.cleanup)
+        assert not find_cgroup_programs([str(env.cgroup)])
+    finally:
+        subprocess.run(["umount", other], check=False)
+        os.rmdir(other)
+        env.node(env.dp._attach_cgroup, str(env.cgroup))  # env.dp's hooks back for the rest
+    assert run_local_client(env, vip4(22), 80)["tcp"]

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,17 +50,7 @@ from agent.osutil import alive
 NODE_NAME = "lab-node"
 POD_CIDR = "10.20.0.0/24"  # the lab node's bridge br0 is 10.20.0.1
 KUBERNETES_SERVICE = ("10.213.0.1", 443)  # the first address of the service CIDR
-BPFFS = Path("/sys/fs/bpf")
 RUN_DIR = Path("/run/gatewaylb-cluster")
-
-
-def _is_bpffs(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == str(path) and fields[2] == "bpf":
-                return True
-    return False
 
 
 class Cluster:
@@ -75,7 +66,6 @@ class Cluster:
         )
         self.kubelet: Kubelet | None = None
         self.relay: LoopbackRelay | None = None
-        self._mounted_bpffs = False
         self.timings: dict[str, float] = {}
 
     @property
@@ -101,11 +91,6 @@ class Cluster:
         t0 = time.monotonic()
         try:
             self.lab.__enter__()
-            # The node's bpf filesystem, as systemd mounts it on every node
-            # (the DaemonSet's hostPath volume shares it with the agent).
-            if not _is_bpffs(BPFFS):
-                subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
-                self._mounted_bpffs = True
             self.cp.start(timeout=timeout)
             self.timings["controlplane"] = time.monotonic() - t0
             host, port = KUBERNETES_SERVICE
@@ -147,12 +132,7 @@ class Cluster:
             self.relay = None
         self.cp.stop()
         self.lab.close()
-        if self._mounted_bpffs:
-            subprocess.run(["umount", str(BPFFS)], check=False)
-            self._mounted_bpffs = False
         if self._own_workdir:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- helpers for tests and users ----------------------------------------------------
@@ -172,6 +152,21 @@ class Cluster:
             raise ControlPlaneError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
+    def node_command(self, argv: list[str]) -> list[str]:
+        """`argv` as a shell on the node would run it: the node's network
+        namespace, bpf filesystem and cgroup v2 subtree."""
+        assert self.kubelet is not None
+        return self.kubelet.services.filesystem.command(argv, self.node_ns)
+
+    def on_node(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.node_command(list(argv)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def state(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -182,6 +177,7 @@ class Cluster:
             "node_ns": self.node_ns,
             "node": NODE_NAME,
             "workdir": str(self.workdir),
+            "node_command": self.node_command([]),
         }
 
 
@@ -226,9 +222,8 @@ def cmd_up(run_dir: Path, timeout: float = 180) -> int:
     if subprocess.run([str(BUILD_SCRIPT), "--check"], check=False).returncode != 0:
         print("building the cluster's binaries first ...", file=sys.stderr)
         subprocess.run([str(BUILD_SCRIPT)], check=True)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name in ("state.json", "failed"):
-        (run_dir / name).unlink(missing_ok=True)
+    _clear(run_dir)  # a cluster is new each time: no etcd data or pods of a previous one
+    run_dir.mkdir(parents=True, mode=0o700)
     log = open(run_dir / "cluster.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         [sys.executable, __file__, "serve", "--run-dir", str(run_dir)],
@@ -254,15 +249,35 @@ def cmd_up(run_dir: Path, timeout: float = 180) -> int:
     return 1
 
 
+def _clear(run_dir: Path) -> None:
+    """Remove a stopped cluster's directory (unmounting what a crash left)."""
+    if not run_dir.exists():
+        return
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    for line in mounts:
+        target = line.split()[1]
+        if target.startswith(f"{run_dir}/"):
+            subprocess.run(["umount", "-l", target], check=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _script() -> str:
+    here = Path(__file__).resolve()
+    cwd = Path.cwd()
+    shown = here.relative_to(cwd) if here.is_relative_to(cwd) else here
+    return f"{Path(sys.executable).name} {shown}"
+
+
 def _print_state(state: dict[str, Any], headline: str) -> None:
     client = state["client_ns"]
     print(
         f"{headline}: node {state['node']}, API server {state['server']}\n"
         f"  export KUBECONFIG={state['kubeconfig']}\n"
-        f"  export PATH={Path(state['kubectl']).parent}:$PATH   # kubectl {BIN_DIR.name}/kubectl\n"
+        f"  export PATH={Path(state['kubectl']).parent}:$PATH   # this kubectl\n"
         f"  kubectl get nodes\n"
         f"  nsenter --net=/run/netns/{client} curl http://<gateway address>/   "
         "# a client outside the node\n"
+        f"  {_script()} node -- gatewaylb status   # a command on the node\n"
         f"  make cluster-down"
     )
 
@@ -281,15 +296,16 @@ def cmd_down(run_dir: Path, timeout: float = 60) -> int:
     if alive(pid):
         print(f"cluster: process {pid} did not stop within {timeout:.0f} s")
         return 1
-    (run_dir / "state.json").unlink(missing_ok=True)
+    _clear(run_dir)
     print("cluster: stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "down", "status", "serve"))
+    parser.add_argument("command", choices=("up", "down", "status", "serve", "node"))
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("argv", nargs="*", help="node: the command to run on the node")
     args = parser.parse_args(argv)
     if args.command == "up":
         return cmd_up(args.run_dir)
@@ -301,8 +317,20 @@ def main(argv: list[str] | None = None) -> int:
     if state is None or not alive(int(state["pid"])):
         print("cluster: not running")
         return 1
+    if args.command == "node":
+        return _on_node(state, args.argv)
     _print_state(state, "running")
     return 0
+
+
+def _on_node(state: dict[str, Any], argv: list[str]) -> int:
+    """Runs a command on the node (a shell when none is given); the checkout's
+    venv first on PATH, so `gatewaylb` is the one the DaemonSet runs."""
+    venv = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+    env = {**os.environ, "PATH": f"{venv}:{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        [*state["node_command"], *(argv or ["bash"])], env=env, check=False
+    ).returncode
 
 
 if __name__ == "__main__":

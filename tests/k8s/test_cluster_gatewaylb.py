@@ -383,6 +383,14 @@ def test_a_gateway_routes_tcp_udp_and_http_to_every_replica(app: Cluster) -> Non
     ):
         got = client.seen(call, want, timeout=20)
         assert got == want, f"{name}: reached {sorted(got)} of {sorted(want)}"
+    # The client is outside the node: its packets crossed the node's
+    # interface and the tc programs (the node's socket-level hooks see only
+    # the node's own processes).
+    status = app.on_node(str(REPO / ".venv" / "bin" / "gatewaylb"), "status", "--output=json")
+    counted = {
+        (f["protocol"], f["port"]): f["packets"] for f in json.loads(status.stdout)["frontends"]
+    }
+    assert counted[("tcp", TCP_PORT)] > 0 and counted[("udp", UDP_PORT)] > 0, counted
 
 
 def _scale(c: Cluster, replicas: int) -> None:
@@ -500,21 +508,14 @@ def test_deleting_the_daemonset_and_cleanup_leave_nothing_in_the_kernel(app: Clu
     c = app
     c.kubectl("delete", "-k", str(DAEMONSET), "--wait=true", timeout=120)
     wait_for(lambda: not pods(c, SYSTEM), 60, "agent pod gone")
+    # Run as an operator would on the node (its netns, bpffs and cgroup v2).
     gatewaylb = str(REPO / ".venv" / "bin" / "gatewaylb")
-    node = f"--net=/run/netns/{c.node_ns}"
-    before = subprocess.run(
-        ["nsenter", node, "--", gatewaylb, "status", "--output=json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    done = subprocess.run(
-        ["nsenter", node, "--", gatewaylb, "cleanup"], capture_output=True, text=True, check=False
-    )
+    before = c.on_node(gatewaylb, "status", "--output=json")
+    done = c.on_node(gatewaylb, "cleanup")
     assert done.returncode == 0, done.stderr
-    after = subprocess.run(
-        ["nsenter", node, "--", gatewaylb, "status", "--output=json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    after = c.on_node(gatewaylb, "status", "--output=json")
     state = json.loads(after.stdout)
     print(f"left by the deleted DaemonSet: {before.stdout[:600]}\ncleanup: {done.stdout.strip()}")
-    assert json.loads(before.stdout)["kernel"]["tc"], "the deleted agent left no dataplane?"
+    left = json.loads(before.stdout)["kernel"]
+    assert left["tc"] and left["cgroup"], f"the deleted agent left no dataplane? {left}"
     assert state["kernel"] == {"tc": [], "cgroup": [], "nft_tables": [], "pin_dirs": []}, state

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from .nodefs import cgroup2_root
+
 LAUNCH = Path(__file__).resolve().parent / "launch.py"
 
 
@@ -33,27 +35,37 @@ def rfc3339(t: float, nanos: bool = False) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _hierarchy() -> tuple[Path, str]:
-    """Where process-tracking cgroups go: cgroup v2 if the node runs it, else
-    v1's pids controller.  Returns (parent dir, the file that lists pids)."""
+def _tracking_hierarchy() -> Path:
+    """Where process-tracking cgroups go: cgroup v2 if the machine runs it
+    alone, else v1's pids controller."""
     root = Path("/sys/fs/cgroup")
     if (root / "cgroup.controllers").exists():
-        return root, "cgroup.procs"
-    return root / "pids", "cgroup.procs"
+        return root
+    return root / "pids"
 
 
 class Tracker:
-    """A cgroup per container run, under one per node agent."""
+    """A cgroup per container run, under one per node agent, and the node's
+    cgroup v2 subtree (`scope`) that every run joins as well: on a pure v2
+    machine they are the same groups; on a hybrid one tracking is v1's pids
+    and the scope is in the `unified` hierarchy."""
+
+    procs_file = "cgroup.procs"
 
     def __init__(self, name: str) -> None:
-        parent, self.procs_file = _hierarchy()
-        self.base = parent / name
-        self.base.mkdir(parents=True, exist_ok=True)
+        self.base = _tracking_hierarchy() / name
+        self.scope = cgroup2_root() / name
+        for d in (self.base, self.scope):
+            d.mkdir(parents=True, exist_ok=True)
 
-    def new(self, name: str) -> Path:
-        path = self.base / name
-        path.mkdir(exist_ok=True)
-        return path
+    def new(self, name: str) -> list[Path]:
+        """The run's groups: the tracking one first."""
+        groups = [self.base / name]
+        if self.scope != self.base:
+            groups.append(self.scope / name)
+        for g in groups:
+            g.mkdir(exist_ok=True)
+        return groups
 
     def pids(self, group: Path) -> list[int]:
         try:
@@ -61,26 +73,34 @@ class Tracker:
         except OSError:
             return []
 
-    def kill(self, group: Path) -> None:
-        """SIGKILL until nothing is left (a fork racing the first pass is
-        caught by the next), then remove the group."""
+    def kill(self, groups: list[Path]) -> None:
+        """SIGKILL until nothing is left in the tracking group (a fork racing
+        the first pass is caught by the next), then remove the groups."""
         for _ in range(50):
-            pids = self.pids(group)
+            pids = self.pids(groups[0])
             if not pids:
                 break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            group.rmdir()
+        for g in groups:
+            with contextlib.suppress(OSError):
+                g.rmdir()
 
     def close(self) -> None:
+        """Kill what is left and remove every group; removing the scope also
+        drops the programs attached to it."""
         for group in list(self.base.glob("*")):
             if group.is_dir():
-                self.kill(group)
-        with contextlib.suppress(OSError):
-            self.base.rmdir()
+                self.kill([group, self.scope / group.name])
+        for d in (self.scope, self.base):
+            for leftover in list(d.glob("*")):
+                if leftover.is_dir():
+                    with contextlib.suppress(OSError):
+                        leftover.rmdir()
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 class Run:
@@ -95,7 +115,7 @@ class Run:
         work: Path,
     ) -> None:
         self.tracker = tracker
-        self.group = tracker.new(group_name)
+        self.groups = tracker.new(group_name)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed by the pumps
@@ -107,7 +127,7 @@ class Run:
             json.dumps(
                 {
                     **launch_spec,
-                    "cgroups": [str(self.group / tracker.procs_file)],
+                    "cgroups": [str(g / tracker.procs_file) for g in self.groups],
                     "errorFile": str(self.error_file),
                 }
             )
@@ -147,7 +167,7 @@ class Run:
             if rc is not None:
                 self.exit_code = 128 - rc if rc < 0 else rc
                 self.finished_at = time.time()
-                self.tracker.kill(self.group)  # the container ends with its main process
+                self.tracker.kill(self.groups)  # the container ends with its main process
                 for t in self._pumps:
                     t.join(timeout=2)
                 self._log.close()
@@ -167,7 +187,7 @@ class Run:
             deadline = time.monotonic() + grace
             while self.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-        self.tracker.kill(self.group)
+        self.tracker.kill(self.groups)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         self.poll()

@@ -23,6 +23,7 @@ from nodeagent import NodeAgent
 from agent.lab import Lab
 
 from .container import Tracker
+from .nodefs import NodeFilesystem
 from .pods import NodeServices, PodWorker
 from .sandbox import PodNetwork
 from .server import ConnectProxy, KubeletAPI
@@ -48,12 +49,14 @@ class Kubelet:
         self.egress_socket = egress_socket
         self.node_ip = lab.node.ip4
         self.node = NodeAgent(cp, name, self.node_ip, pod_cidr, kubelet_port=KUBELET_PORT)
+        tracker = Tracker(f"gatewaylb-lab/{lab.prefix.strip('-')}")
         self.services = NodeServices(
             node_name=name,
             host_ip=self.node_ip,
             api=cp,
             network=PodNetwork(lab.prefix, lab.node.ns, self.node_ip, pod_cidr, bridge="br0"),
-            tracker=Tracker(f"gatewaylb-lab/{lab.prefix.strip('-')}"),
+            tracker=tracker,
+            filesystem=NodeFilesystem(root, tracker.scope),
             mountpoints=MountPoints(),
             root=root,
             node_socket=self.node_socket,
@@ -127,6 +130,7 @@ class Kubelet:
             self._proxy.close()
         self.node.stop()
         self.services.tracker.close()
+        self.services.filesystem.close()
         self.services.mountpoints.remove()
         shutil.rmtree(self.root / "pods", ignore_errors=True)
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from . import images, spec
 from .container import Run, Tracker, rfc3339
+from .nodefs import NodeFilesystem
 from .probes import ProbeSpec, ProbeState, run_probe
 from .sandbox import PodNetwork, Sandbox
 from .volumes import MountPoints, materialize
@@ -45,6 +46,7 @@ class NodeServices:
     api: Any  # controlplane.ControlPlane: request(method, path, body, ...)
     network: PodNetwork
     tracker: Tracker
+    filesystem: NodeFilesystem
     mountpoints: MountPoints
     root: Path
     node_socket: Callable[[], socket.socket]
@@ -175,7 +177,12 @@ class PodWorker:
                     self.node.network.host() if host_network else self.node.network.create()
                 )
             self.volumes = materialize(
-                self.pod, self.dir, self._data_of, self._token_for, self._facts()
+                self.pod,
+                self.dir,
+                self._data_of,
+                self._token_for,
+                self._facts(),
+                self.node.filesystem.resolve,
             )
         except spec.ConfigError as e:
             for slot in self.slots:

@@ -26,16 +26,22 @@ TokenFor = Callable[[str, str | None, int], str]
 
 
 def materialize(
-    pod: Mapping[str, Any], root: Path, data_of: DataOf, token_for: TokenFor, facts: PodFacts
+    pod: Mapping[str, Any],
+    root: Path,
+    data_of: DataOf,
+    token_for: TokenFor,
+    facts: PodFacts,
+    host_path: Callable[[Path], Path] = lambda p: p,
 ) -> dict[str, Path]:
-    """Volume name -> the node path that backs it.  Raises ConfigError naming
-    the volume when a source is missing (the kubelet's FailedMount)."""
+    """Volume name -> the node path that backs it (`host_path` maps a path
+    on the node to the machine's).  Raises ConfigError naming the volume when
+    a source is missing (the kubelet's FailedMount)."""
     out: dict[str, Path] = {}
     for i, volume in enumerate(pod["spec"].get("volumes") or []):
         name = volume["name"]
         where = f"spec.volumes[{i}] ({name})"
         if "hostPath" in volume:
-            out[name] = _host_path(volume["hostPath"], where)
+            out[name] = _host_path(volume["hostPath"], where, host_path)
             continue
         directory = root / "volumes" / name
         directory.mkdir(parents=True, exist_ok=True)
@@ -111,8 +117,8 @@ def _write(directory: Path, relative: str, content: bytes, mode: int) -> None:
     os.chmod(target, mode & 0o777)
 
 
-def _host_path(source: Mapping[str, Any], where: str) -> Path:
-    path = Path(source["path"])
+def _host_path(source: Mapping[str, Any], where: str, resolve: Callable[[Path], Path]) -> Path:
+    path = resolve(Path(source["path"]))
     kind = source.get("type") or ""
     if kind == "DirectoryOrCreate":
         path.mkdir(mode=0o755, parents=True, exist_ok=True)

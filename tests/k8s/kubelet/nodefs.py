@@ -1,0 +1,83 @@
+"""The lab node's own instances of the kernel filesystems a DaemonSet takes
+from its host: the bpf filesystem and the cgroup v2 hierarchy.
+
+The lab node shares its kernel with the machine (and with every other lab
+on it).  A hostPath of `/sys/fs/bpf` or `/sys/fs/cgroup` on a real node is
+that node's alone; here it would be the machine's: pins would outlive the
+node, and socket-level hooks attached to the cgroup v2 root would rewrite the
+connections of every process on the machine, the lab's client included, so
+a client "outside the node" would never cross the node's interfaces.  So the
+node gets:
+
+- a bpf filesystem of its own (a bpffs mount is an instance: its pins are
+  invisible to any other mount), unmounted with the node;
+- a cgroup v2 subtree that every container of the node joins (beside the
+  tracking cgroup of its run), so programs attached there see the node's
+  processes and nobody else's, and go away when the subtree is removed.
+
+hostPaths at or below those two paths resolve to the node's instances, and
+`command()` runs a command with the same view, as a shell on the node would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+BPFFS = Path("/sys/fs/bpf")
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _mounted(path: Path, fstype: str) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == str(path) and fields[2] == fstype:
+                return True
+    return False
+
+
+def cgroup2_root() -> Path:
+    """The machine's cgroup v2 hierarchy (pure v2, or hybrid's `unified`)."""
+    for candidate in (CGROUP, CGROUP / "unified"):
+        if _mounted(candidate, "cgroup2"):
+            return candidate
+    raise OSError("no cgroup v2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+
+
+class NodeFilesystem:
+    def __init__(self, root: Path, cgroup: Path) -> None:
+        """`root`: the node agent's directory; `cgroup`: the node's cgroup v2
+        subtree (made by the container tracker, which owns its removal)."""
+        self.bpffs = root / "bpffs"
+        self.cgroup = cgroup
+        self.bpffs.mkdir(parents=True, exist_ok=True)
+        if not _mounted(self.bpffs, "bpf"):
+            subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
+        self.remaps = {BPFFS: self.bpffs, CGROUP: self.cgroup}
+
+    def resolve(self, path: Path) -> Path:
+        """A path on the node -> where it is on the machine."""
+        for node_path, local in self.remaps.items():
+            if path == node_path or node_path in path.parents:
+                return local / path.relative_to(node_path)
+        return path
+
+    def command(self, argv: list[str], netns: str) -> list[str]:
+        """`argv` as run on the node: its network namespace and its view of
+        the two filesystems, in a mount namespace of its own."""
+        binds = " && ".join(f"mount --bind {local} {path}" for path, local in self.remaps.items())
+        return [
+            "nsenter", f"--net=/run/netns/{netns}", "--",
+            "unshare", "--mount", "--propagation", "slave", "--",
+            "sh", "-c", f'{binds} && exec "$@"', "node", *argv,
+        ]  # fmt: skip
+
+    def close(self) -> None:
+        """Unmount the bpf filesystem: its pins go, and with them the maps no
+        program holds any more."""
+        if _mounted(self.bpffs, "bpf"):
+            subprocess.run(["umount", "-l", str(self.bpffs)], check=False)
+        with contextlib.suppress(OSError):
+            self.bpffs.rmdir()
