@@ -297,8 +297,8 @@ def application() -> list[dict[str, Any]]:
         service,
         gateway,
         route("HTTPRoute", "v1", "http", 3000),
-        route("TCPRoute", "v1alpha2", "tcp", 3000),
-        route("UDPRoute", "v1alpha2", "udp", 5300),
+        route("TCPRoute", "v1", "tcp", 3000),
+        route("UDPRoute", "v1", "udp", 5300),
     ]
 
 
@@ -370,6 +370,66 @@ def test_the_metrics_port_answers_on_the_node(deployed: Cluster) -> None:
     assert len(info) == 1 and 'node="lab-node"' in info[0], info
     writer = [line for line in text.splitlines() if line.startswith("gatewaylb_status_writer{")]
     assert any('state="leader"' in line and line.endswith(" 1.0") for line in writer), writer
+
+
+def _bare_pod(name: str, container: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": "c", **container}], **pod_spec},
+    }
+
+
+def _container_state(c: Cluster, name: str) -> dict[str, Any]:
+    status, pod = c.cp.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+    assert status == 200, pod
+    statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+    return dict(statuses[0])
+
+
+def test_what_the_node_cannot_honour_is_reported_on_the_container(cluster: Cluster) -> None:
+    c = cluster
+    c.cp.apply(_bare_pod("unknown-image", {"image": "nginx:1.27"}))
+    c.cp.apply(_bare_pod("unsupported", {"image": ECHO_IMAGE, "stdin": True}))
+
+    def waiting(name: str, reason: str) -> dict[str, Any] | None:
+        state = _container_state(c, name).get("state", {}).get("waiting") or {}
+        return state if state.get("reason") == reason else None
+
+    pulled = wait_for(lambda: waiting("unknown-image", "ErrImagePull"), 30, "ErrImagePull")
+    assert '"nginx:1.27"' in pulled["message"] and "image table" in pulled["message"], pulled
+    config = wait_for(
+        lambda: waiting("unsupported", "CreateContainerConfigError"), 30, "config error"
+    )
+    assert "spec.containers[0].stdin" in config["message"], config
+    for name in ("unknown-image", "unsupported"):
+        c.kubectl("delete", "pod", name, "--wait=true", timeout=60)
+
+
+def test_a_failing_liveness_probe_restarts_the_container_and_logs_survive(
+    cluster: Cluster,
+) -> None:
+    """echo-basic answers on 3000; a liveness probe of port 3999 fails, so the
+    container is killed and started again, and `kubectl logs --previous`
+    reads the run before."""
+    c = cluster
+    probe = {"tcpSocket": {"port": 3999}, "periodSeconds": 1, "failureThreshold": 2}
+    env = [{"name": "POD_NAME", "value": "probed"}, {"name": "NAMESPACE", "value": "default"}]
+    c.cp.apply(
+        _bare_pod("probed", {"image": ECHO_IMAGE, "env": env, "livenessProbe": probe},
+                  terminationGracePeriodSeconds=1)
+    )  # fmt: skip
+    restarted = wait_for(
+        lambda: (s := _container_state(c, "probed")).get("restartCount", 0) >= 1 and s,
+        40,
+        "a restart after the liveness probe failed",
+    )
+    print(f"liveness: restarted, lastState {restarted.get('lastState')}")
+    assert restarted["lastState"]["terminated"]["exitCode"] != 0
+    previous = c.kubectl("logs", "probed", "--previous")
+    assert "3000" in previous, previous[-500:]
+    c.kubectl("delete", "pod", "probed", "--wait=true", timeout=60)
 
 
 def test_a_gateway_routes_tcp_udp_and_http_to_every_replica(app: Cluster) -> None:
