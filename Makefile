@@ -26,7 +26,7 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-demo setup-test setup-bench lint test unit demo bench clean \
-	k8s-bin controlplane controlplane-down
+	k8s-bin controlplane controlplane-down cluster cluster-down
 
 help:
 	@echo "make setup   install Debian packages, kernel header links and .venv (root; every profile)"
@@ -38,6 +38,8 @@ help:
 	@echo "make clean   remove .venv and caches"
 	@echo "make k8s-bin            build the test cluster binaries into tests/k8s/bin (no-op when built)"
 	@echo "make controlplane       start etcd + kube-apiserver on 127.0.0.1 in the background"
+	@echo "make cluster            start a one-node cluster (control plane, controllers, a lab node that runs pods)"
+	@echo "make cluster-down       stop it"
 	@echo "make controlplane-down  stop it"
 
 setup:
@@ -77,9 +79,10 @@ clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
-# The test control plane (tests/k8s): a real kube-apiserver and etcd built from
-# the Go module in tests/k8s/controlplane into tests/k8s/bin. 5-8 min cold,
-# a no-op (milliseconds) when the binaries match go.mod/go.sum.
+# The test cluster's binaries (tests/k8s): kube-apiserver, etcd, the
+# controller manager, the scheduler and kubectl from tests/k8s/controlplane,
+# and the echo-basic and coredns images' programs, into tests/k8s/bin. 8-12 min
+# cold, a no-op (milliseconds) when the binaries match their modules.
 k8s-bin:
 	@scripts/build-controlplane.sh
 
@@ -90,3 +93,12 @@ controlplane: setup-test k8s-bin
 
 controlplane-down:
 	@py=$(PY); [ -x "$$py" ] || py=python3; "$$py" tests/k8s/controlplane.py down
+
+# A one-node cluster in the background (tests/k8s/cluster.py): prints the
+# KUBECONFIG, the kubectl to use and how to run a command in the client
+# namespace or on the node. State and logs are under /run/gatewaylb-cluster.
+cluster: setup-test k8s-bin
+	@$(PY) tests/k8s/cluster.py up
+
+cluster-down:
+	@py=$(PY); [ -x "$$py" ] || py=python3; "$$py" tests/k8s/cluster.py down

@@ -56,11 +56,14 @@ RUN_DIR = Path("/run/gatewaylb-cluster")
 class Cluster:
     def __init__(self, workdir: Path | None = None, verbosity: int = 1) -> None:
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="gatewaylb-cluster-"))
+        # Not under /tmp: every container gets a /tmp of its own, which would
+        # hide the volumes the node keeps there.
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="gatewaylb-cluster-", dir="/run"))
         self.lab = Lab(backends=0)
         self.cp = ControlPlane(
             workdir=self.workdir / "controlplane",
             controllers=True,
+            own_crds=False,  # `kubectl apply -k deploy/daemonset` brings gatewaylb's own
             node_tunnel=self.workdir / "node-tunnel.sock",
             verbosity=verbosity,
         )
@@ -262,16 +265,19 @@ def _clear(run_dir: Path) -> None:
 
 
 def _script() -> str:
-    here = Path(__file__).resolve()
     cwd = Path.cwd()
-    shown = here.relative_to(cwd) if here.is_relative_to(cwd) else here
-    return f"{Path(sys.executable).name} {shown}"
+
+    def shown(p: Path) -> Path:
+        return p.relative_to(cwd) if p.is_relative_to(cwd) else p
+
+    return f"{shown(Path(sys.executable))} {shown(Path(__file__).resolve())}"
 
 
 def _print_state(state: dict[str, Any], headline: str) -> None:
     client = state["client_ns"]
     print(
-        f"{headline}: node {state['node']}, API server {state['server']}\n"
+        f"{headline}: node {state['node']}, API server {state['server']}, "
+        "Gateway API CRDs v1.6.1 (experimental channel)\n"
         f"  export KUBECONFIG={state['kubeconfig']}\n"
         f"  export PATH={Path(state['kubectl']).parent}:$PATH   # this kubectl\n"
         f"  kubectl get nodes\n"

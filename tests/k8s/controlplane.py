@@ -235,6 +235,7 @@ class ControlPlane:
         bin_dir: Path = BIN_DIR,
         workdir: Path | None = None,
         crd_dir: Path | None = GATEWAY_API_CRDS,
+        own_crds: bool = True,
         detach: bool = False,
         verbosity: int = 1,
         controllers: bool = False,
@@ -244,6 +245,7 @@ class ControlPlane:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="gatewaylb-cp-"))
         self.crd_dir = crd_dir
+        self.own_crds = own_crds
         self.detach = detach
         self.verbosity = verbosity
         self.pki = self.workdir / "pki"
@@ -324,6 +326,7 @@ class ControlPlane:
                 self.timings["controllers"] = time.monotonic() - t0
             if self.crd_dir is not None:
                 self.install_manifests(self.crd_dir, deadline=time.monotonic() + timeout)
+            if self.own_crds:
                 # gatewaylb's own CRD (GatewayLBConfig), as the DaemonSet ships it.
                 self.install_manifests(OUR_CRDS, deadline=time.monotonic() + timeout)
             self.timings["crds"] = time.monotonic() - t0

@@ -30,6 +30,7 @@ from controlplane import REPO
 pytestmark = pytest.mark.root
 
 DAEMONSET = REPO / "deploy" / "daemonset"
+CLEANUP = REPO / "deploy" / "cleanup"
 SYSTEM = "gatewaylb-system"
 NS = "apps"
 VIP = "10.99.0.10"
@@ -179,9 +180,16 @@ def deployed(cluster: Cluster) -> Cluster:
     out = cluster.kubectl("apply", "-k", str(DAEMONSET))
     assert "daemonset.apps/gatewaylb created" in out, out
     t0 = time.monotonic()
-    agent = wait_for(
-        lambda: next((p for p in pods(cluster, SYSTEM) if ready(p)), None), 90, "agent pod Ready"
-    )
+    try:
+        agent = wait_for(
+            lambda: next((p for p in pods(cluster, SYSTEM) if ready(p)), None),
+            90,
+            "agent pod Ready",
+        )
+    except AssertionError as e:
+        seen = [(p["metadata"]["name"], p.get("status")) for p in pods(cluster, SYSTEM)]
+        logs = cluster.kubectl("logs", "-n", SYSTEM, "daemonset/gatewaylb", check=False)
+        raise AssertionError(f"{e}\npods: {seen}\nlogs: {logs[-3000:]}") from None
     print(f"agent pod {agent['metadata']['name']} Ready in {time.monotonic() - t0:.1f} s")
     return cluster
 
@@ -564,18 +572,25 @@ def test_a_rolling_update_of_the_daemonset_keeps_l4_connections(app: Cluster) ->
     assert http.window() < 30
 
 
-def test_deleting_the_daemonset_and_cleanup_leave_nothing_in_the_kernel(app: Cluster) -> None:
+def test_uninstall_as_the_readme_says_leaves_nothing_in_the_kernel(app: Cluster) -> None:
+    """`kubectl delete -k deploy/daemonset`, then the shipped cleanup
+    DaemonSet (deploy/cleanup) until it is rolled out, then delete it."""
     c = app
+    gatewaylb = str(REPO / ".venv" / "bin" / "gatewaylb")
     c.kubectl("delete", "-k", str(DAEMONSET), "--wait=true", timeout=120)
     wait_for(lambda: not pods(c, SYSTEM), 60, "agent pod gone")
-    # Run as an operator would on the node (its netns, bpffs and cgroup v2).
-    gatewaylb = str(REPO / ".venv" / "bin" / "gatewaylb")
+    # What an operator on the node would see (its netns, bpffs and cgroup v2).
     before = c.on_node(gatewaylb, "status", "--output=json")
-    done = c.on_node(gatewaylb, "cleanup")
-    assert done.returncode == 0, done.stderr
+    left = json.loads(before.stdout)["kernel"]
+    assert left["tc"] and left["cgroup"] and left["pin_dirs"], f"nothing left to clean? {left}"
+    t0 = time.monotonic()
+    c.kubectl("apply", "-k", str(CLEANUP))
+    c.kubectl("rollout", "status", "daemonset/gatewaylb-cleanup", "-n", "gatewaylb-cleanup",
+              "--timeout=120s", timeout=130)  # fmt: skip
+    logs = c.kubectl("logs", "-n", "gatewaylb-cleanup", "daemonset/gatewaylb-cleanup")
+    print(f"cleanup DaemonSet rolled out in {time.monotonic() - t0:.1f} s: {logs.strip()[-300:]}")
     after = c.on_node(gatewaylb, "status", "--output=json")
     state = json.loads(after.stdout)
-    print(f"left by the deleted DaemonSet: {before.stdout[:600]}\ncleanup: {done.stdout.strip()}")
-    left = json.loads(before.stdout)["kernel"]
-    assert left["tc"] and left["cgroup"], f"the deleted agent left no dataplane? {left}"
     assert state["kernel"] == {"tc": [], "cgroup": [], "nft_tables": [], "pin_dirs": []}, state
+    assert "is clean" in logs, logs
+    c.kubectl("delete", "-k", str(CLEANUP), "--wait=true", timeout=120)

@@ -175,7 +175,7 @@ class Run:
 
     def start_error(self) -> str | None:
         try:
-            return self.error_file.read_text()
+            return self.error_file.read_text() or None  # created empty by every start
         except OSError:
             return None
 

@@ -48,10 +48,9 @@ spec: dict[str, Any] = {}
 
 
 def fail(message: str) -> NoReturn:
-    path = spec.get("errorFile")
-    if path:
-        with open(path, "w", encoding="utf-8") as out:
-            out.write(message)
+    fd = spec.get("errorFd")
+    if fd is not None:
+        os.write(fd, message.encode())
     sys.stderr.write(f"container start failed: {message}\n")
     os._exit(128)
 
@@ -101,6 +100,11 @@ def limit_capabilities(keep: list[int]) -> None:
 def main() -> NoReturn:
     with open(sys.argv[1], encoding="utf-8") as f:
         spec.update(json.load(f))
+    if spec.get("errorFile"):
+        # Opened now: the mounts below may hide the node path it is on.
+        spec["errorFd"] = os.open(
+            spec["errorFile"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
     for procs in spec.get("cgroups", []):
         with open(procs, "w", encoding="ascii") as f:
             f.write(str(os.getpid()))

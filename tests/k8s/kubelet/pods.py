@@ -257,10 +257,15 @@ class PodWorker:
             slot.next_start = time.time() + RETRY_SETUP
             return
         ctx = slot.spec.get("securityContext") or {}
+        # The container's own /tmp, as its image's writable layer would give
+        # it: fresh for each run, never the node's.
+        tmp = self.dir / "layers" / f"{slot.name}-{slot.restarts}" / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o1777)
         launch = {
             "netns": f"/run/netns/{self.sandbox.ns}",
             "hostname": self.name if self.sandbox.own else None,
-            "mounts": mounts,
+            "mounts": [{"source": str(tmp), "target": "/tmp", "readOnly": False}, *mounts],
             "workingDir": slot.spec.get("workingDir"),
             "argv": argv,
             "env": env,
