@@ -311,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status", "serve", "node"))
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    parser.add_argument("argv", nargs="*", help="node: the command to run on the node")
-    args = parser.parse_args(argv)
+    parser.epilog = "node -- COMMAND...: run COMMAND on the node (a shell when none is given)"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(rest) - (1 if "--" in argv else 0)])
+    args.argv = rest
     if args.command == "up":
         return cmd_up(args.run_dir)
     if args.command == "down":

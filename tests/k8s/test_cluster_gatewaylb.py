@@ -4,8 +4,9 @@
 DaemonSet's pod (the checkout's gatewaylb, with the capabilities, volumes,
 probes and ServiceAccount token the manifest gives it), and a Gateway with
 TCP, UDP and HTTP listeners routes a client outside the node to the pods of
-a Deployment.  The tests run in file order on one cluster: the Gateway of
-the traffic tests is the one the later tests scale, roll and delete.
+a Deployment (examples/cluster/echo.yaml, the README's example).  The tests
+run in file order on one cluster: the Gateway of the traffic tests is the one
+the later tests scale, roll and delete.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ pytestmark = pytest.mark.root
 
 DAEMONSET = REPO / "deploy" / "daemonset"
 CLEANUP = REPO / "deploy" / "cleanup"
+EXAMPLE = REPO / "examples" / "cluster" / "echo.yaml"
 SYSTEM = "gatewaylb-system"
 NS = "apps"
-VIP = "10.99.0.10"
+VIP = "10.99.0.10"  # the example's Gateway: edge in apps
 HTTP_PORT, TCP_PORT, UDP_PORT = 80, 9000, 9001
 ECHO_IMAGE = "registry.k8s.io/gateway-api/echo-basic:v1.6.1"
 
@@ -213,109 +215,11 @@ def agent_pid(pod: dict[str, Any]) -> int:
     return int(container_id.rsplit("/", 1)[1])
 
 
-def application() -> list[dict[str, Any]]:
-    labels = {"app": "echo"}
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "echo", "namespace": NS},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [
-                        {
-                            "name": "http",
-                            "image": ECHO_IMAGE,
-                            "env": env,
-                            "ports": [{"name": "http", "containerPort": 3000}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/", "port": "http"},
-                                "periodSeconds": 1,
-                            },
-                            # Endpoints leave the Gateway's backends while the
-                            # old pod still answers (the usual drain for any
-                            # load balancer fed by EndpointSlices).
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
-                        },
-                        {
-                            "name": "udp",
-                            "image": ECHO_IMAGE,
-                            "env": [
-                                *env,
-                                {"name": "UDP_ECHO_SERVER", "value": "1"},
-                                {"name": "UDP_PORT", "value": "5300"},
-                            ],
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}},
-                        },
-                    ],
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "echo", "namespace": NS},
-        "spec": {
-            "selector": labels,
-            "ports": [
-                {"name": "http", "port": 3000, "protocol": "TCP", "targetPort": 3000},
-                {"name": "udp", "port": 5300, "protocol": "UDP", "targetPort": 5300},
-            ],
-        },
-    }
-    gateway = {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "edge", "namespace": NS},
-        "spec": {
-            "gatewayClassName": "gatewaylb",
-            "addresses": [{"type": "IPAddress", "value": VIP}],
-            "listeners": [
-                {"name": "http", "protocol": "HTTP", "port": HTTP_PORT},
-                {"name": "tcp", "protocol": "TCP", "port": TCP_PORT},
-                {"name": "udp", "protocol": "UDP", "port": UDP_PORT},
-            ],
-        },
-    }
-
-    def route(kind: str, version: str, listener: str, port: int) -> dict[str, Any]:
-        rule: dict[str, Any] = {"backendRefs": [{"name": "echo", "port": port}]}
-        return {
-            "apiVersion": f"gateway.networking.k8s.io/{version}",
-            "kind": kind,
-            "metadata": {"name": f"echo-{listener}", "namespace": NS},
-            "spec": {
-                "parentRefs": [{"name": "edge", "sectionName": listener}],
-                "rules": [rule],
-            },
-        }
-
-    return [
-        deployment,
-        service,
-        gateway,
-        route("HTTPRoute", "v1", "http", 3000),
-        route("TCPRoute", "v1", "tcp", 3000),
-        route("UDPRoute", "v1", "udp", 5300),
-    ]
-
-
 @pytest.fixture(scope="module")
 def app(deployed: Cluster) -> Cluster:
     c = deployed
-    c.cp.ensure_namespace(NS)
-    for obj in application():
-        c.cp.apply(obj)
+    # The README's example, applied as the README says.
+    c.kubectl("apply", "-f", str(EXAMPLE))
     wait_for(lambda: len(ready_names(c)) == 3, 60, "3 echo pods Ready")
 
     def programmed() -> bool:
