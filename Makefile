@@ -81,7 +81,7 @@ clean:
 
 # The test cluster's binaries (tests/k8s): kube-apiserver, etcd, the
 # controller manager, the scheduler and kubectl from tests/k8s/controlplane,
-# and the echo-basic and coredns images' programs, into tests/k8s/bin. 8-12 min
+# and the echo-basic and coredns images' programs, into tests/k8s/bin. ~8 min
 # cold, a no-op (milliseconds) when the binaries match their modules.
 k8s-bin:
 	@scripts/build-controlplane.sh

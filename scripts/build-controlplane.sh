@@ -10,10 +10,10 @@
 # Reuses the binaries when they were built from the same sources: the stamp
 # is a hash of the three modules' go.mod, go.sum and .go files and the build
 # flags, so a second run is a no-op that costs milliseconds and needs no Go at
-# all. A cold build (no Go module or build cache) downloads ~0.5 GB of modules
-# for the control plane and ~0.4 GB for coredns and takes 8-12 minutes on
-# 2 cores; with warm caches (a fresh clone on a machine that built before)
-# ~15 s. GOCACHE and GOMODCACHE stay at Go's defaults (or whatever the caller
+# all. A cold build (no Go module or build cache) fills 2.4 GB of module cache
+# and 3.8 GB of build cache and took 463 s on 2 cores (control plane 336 s,
+# coredns 98 s, echo-basic 10 s; 2026-12-07); with warm caches (a fresh clone
+# on a machine that built before) ~25 s. GOCACHE and GOMODCACHE stay at Go's defaults (or whatever the caller
 # exported), so later builds are incremental.
 #
 #   scripts/build-controlplane.sh          build if needed

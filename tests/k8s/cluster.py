@@ -283,6 +283,7 @@ def _print_state(state: dict[str, Any], headline: str) -> None:
         f"  kubectl get nodes\n"
         f"  nsenter --net=/run/netns/{client} curl http://<gateway address>/   "
         "# a client outside the node\n"
+        f"  {_script()} client -- curl http://<gateway address>/   # the same\n"
         f"  {_script()} node -- gatewaylb status   # a command on the node\n"
         f"  make cluster-down"
     )
@@ -309,9 +310,12 @@ def cmd_down(run_dir: Path, timeout: float = 60) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "down", "status", "serve", "node"))
+    parser.add_argument("command", choices=("up", "down", "status", "serve", "node", "client"))
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    parser.epilog = "node -- COMMAND...: run COMMAND on the node (a shell when none is given)"
+    parser.epilog = (
+        "node -- COMMAND...: run COMMAND on the node; client -- COMMAND...: in the client "
+        "namespace, outside the node (a shell when none is given)"
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     rest = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(rest) - (1 if "--" in argv else 0)])
@@ -328,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "node":
         return _on_node(state, args.argv)
+    if args.command == "client":
+        argv = ["nsenter", f"--net=/run/netns/{state['client_ns']}", "--", *(args.argv or ["bash"])]
+        return subprocess.run(argv, check=False).returncode
     _print_state(state, "running")
     return 0
 

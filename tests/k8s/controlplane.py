@@ -14,10 +14,12 @@ What runs:
 * the Gateway API CRDs (experimental channel, from shared/), applied with
   server-side apply and waited for until Established.
 
-There is no kube-controller-manager and no scheduler: nothing creates
-EndpointSlices, default service accounts or token secrets, and nothing
-garbage-collects. Tests create what they need themselves (``token_for``
-creates the namespace and the ServiceAccount and asks the TokenRequest API).
+By default there is no kube-controller-manager and no scheduler: nothing
+creates EndpointSlices, default service accounts or token secrets, and
+nothing garbage-collects; tests create what they need themselves
+(``token_for`` creates the namespace and the ServiceAccount and asks the
+TokenRequest API). ``controllers=True`` starts both, and
+``tests/k8s/cluster.py`` adds a node that runs pods.
 
 Use it as a context manager::
 

@@ -68,6 +68,8 @@ def test_up_prints_what_a_user_needs_and_down_removes_everything(run_dir: Path) 
     on_node = cli(run_dir, "node", "--", "sh", "-c", "ip -br addr show vc0; grep -c . /proc/mounts")
     assert on_node.returncode == 0, on_node.stderr
     assert "10.10.0.1/24" in on_node.stdout, on_node.stdout
+    in_client = cli(run_dir, "client", "--", "ip", "-br", "addr", "show", "eth0")
+    assert in_client.returncode == 0 and "10.10.0.2/24" in in_client.stdout, in_client
     state = json.loads((run_dir / "state.json").read_text())
     netns = {state["client_ns"], state["node_ns"]}
 

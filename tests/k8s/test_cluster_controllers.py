@@ -2,9 +2,10 @@
 kube-scheduler, built from the same k8s.io/kubernetes module as the API
 server, started and stopped by the same control-plane code.
 
-No node runs pods yet: `nodeagent.NodeAgent` registers a Node and renews its
+No pod runs here: `nodeagent.NodeAgent` registers a Node and renews its
 Lease as a kubelet does, and the tests write pod status as a kubelet would,
-then check what the controllers do with it.
+then check what the controllers do with it (tests/k8s/cluster.py has a node
+that runs the pods; test_cluster_gatewaylb.py uses it).
 """
 
 from __future__ import annotations
