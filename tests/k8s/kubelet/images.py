@@ -26,6 +26,8 @@ class Image:
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # The node directories the image's programs live in (its "layers").
+    files: tuple[Path, ...] = ()
 
     def missing(self) -> str | None:
         """Why the image cannot run here (its program is not built), or None."""
@@ -43,17 +45,18 @@ def _gatewaylb() -> Image:
         entrypoint=(str(venv / "gatewaylb"),),
         cmd=("run", "--in-cluster"),
         env={"PATH": f"{venv}:{DEFAULT_PATH}", "GATEWAYLB_BPF_DIR": str(REPO / "bpf")},
+        files=(REPO,),
     )
 
 
 def _echo_basic() -> Image:
     # sigs.k8s.io/gateway-api/conformance/echo-basic: ENTRYPOINT ["/echo-basic"].
-    return Image(entrypoint=(str(BIN_DIR / "echo-basic"),))
+    return Image(entrypoint=(str(BIN_DIR / "echo-basic"),), files=(BIN_DIR,))
 
 
 def _coredns() -> Image:
     # github.com/coredns/coredns: ENTRYPOINT ["/coredns"].
-    return Image(entrypoint=(str(BIN_DIR / "coredns"),))
+    return Image(entrypoint=(str(BIN_DIR / "coredns"),), files=(BIN_DIR,))
 
 
 # Repository (the reference without its tag or digest) -> image.  Any tag of

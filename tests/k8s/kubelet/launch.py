@@ -118,8 +118,16 @@ def main() -> NoReturn:
         name = spec["hostname"].encode()
         checked(libc.sethostname(name, len(name)), "sethostname")
     mount(None, "/", MS_REC | MS_SLAVE)
+    # Every source is opened before the first mount: a mount (the container's
+    # own /tmp) may hide the node path of a later source (a checkout in /tmp).
+    sources = []
     for m in spec.get("mounts", []):
-        mount(m["source"], m["target"], MS_BIND | MS_REC)
+        try:
+            sources.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
+        except OSError as e:
+            fail(f"mount source {m['source']}: {e.strerror}")
+    for m, fd in zip(spec.get("mounts", []), sources, strict=True):
+        mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
         if m.get("readOnly"):
             mount(None, m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     if spec.get("capabilities") is not None:

@@ -262,10 +262,20 @@ class PodWorker:
         tmp = self.dir / "layers" / f"{slot.name}-{slot.restarts}" / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         tmp.chmod(0o1777)
+        # The image's files stay where they are on the node, /tmp or not.
+        image_files = [
+            {"source": str(p), "target": str(p), "readOnly": False}
+            for p in image.files
+            if p.is_relative_to("/tmp")
+        ]
         launch = {
             "netns": f"/run/netns/{self.sandbox.ns}",
             "hostname": self.name if self.sandbox.own else None,
-            "mounts": [{"source": str(tmp), "target": "/tmp", "readOnly": False}, *mounts],
+            "mounts": [
+                {"source": str(tmp), "target": "/tmp", "readOnly": False},
+                *image_files,
+                *mounts,
+            ],
             "workingDir": slot.spec.get("workingDir"),
             "argv": argv,
             "env": env,
