@@ -263,11 +263,11 @@ class PodWorker:
         tmp.mkdir(parents=True, exist_ok=True)
         tmp.chmod(0o1777)
         # The image's files stay where they are on the node, /tmp or not.
-        image_files = [
-            {"source": str(p), "target": str(p), "readOnly": False}
-            for p in image.files
-            if p.is_relative_to("/tmp")
-        ]
+        image_files = []
+        for p in image.files:
+            if p.is_relative_to("/tmp"):
+                (tmp / p.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
+                image_files.append({"source": str(p), "target": str(p), "readOnly": False})
         launch = {
             "netns": f"/run/netns/{self.sandbox.ns}",
             "hostname": self.name if self.sandbox.own else None,
