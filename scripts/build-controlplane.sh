@@ -3,8 +3,9 @@
 # from a Go module of its own (never merged: their k8s.io versions differ):
 #   - tests/k8s/controlplane: a real kube-apiserver, etcd,
 #     kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes);
-#   - tests/k8s/images/echo-basic: echo-basic, the Gateway API conformance echo
-#     server (sigs.k8s.io/gateway-api/conformance/echo-basic);
+#   - tests/k8s/conformance: the upstream Gateway API conformance suite,
+#     unmodified (`go test -c sigs.k8s.io/gateway-api/conformance` ->
+#     conformance.test), and its echo server echo-basic;
 #   - tests/k8s/images/coredns: coredns (github.com/coredns/coredns).
 #
 # Reuses the binaries when they were built from the same sources: the stamp
@@ -23,14 +24,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SRC=tests/k8s/controlplane
-ECHO_SRC=tests/k8s/images/echo-basic
+ECHO_SRC=tests/k8s/conformance
+SUITE_PKG=sigs.k8s.io/gateway-api/conformance
 ECHO_PKG=sigs.k8s.io/gateway-api/conformance/echo-basic
 COREDNS_SRC=tests/k8s/images/coredns
 COREDNS_PKG=github.com/coredns/coredns
 BIN=tests/k8s/bin
 STAMP=$BIN/.stamp
 CP_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
-BINARIES=("${CP_BINARIES[@]}" echo-basic coredns)
+BINARIES=("${CP_BINARIES[@]}" echo-basic conformance.test coredns)
 
 log() { printf 'build-controlplane: %s\n' "$*"; }
 die() { printf 'build-controlplane: error: %s\n' "$*" >&2; exit 1; }
@@ -73,7 +75,8 @@ image_flags=(-trimpath "-ldflags=-s -w")
 stamp_of_sources() {
     {
         printf 'flags: CGO_ENABLED=0 GOFLAGS=-mod=mod %s\n' "${build_flags[*]}"
-        printf 'images: %s %s; %s %s\n' "${image_flags[*]}" "$ECHO_PKG" "${image_flags[*]}" "$COREDNS_PKG"
+        printf 'images: %s %s %s; %s %s\n' "${image_flags[*]}" "$ECHO_PKG" "$SUITE_PKG" \
+            "${image_flags[*]}" "$COREDNS_PKG"
         find "$SRC" "$ECHO_SRC" "$COREDNS_SRC" -name '*.go' -o -name go.mod -o -name go.sum \
             | LC_ALL=C sort | xargs sha256sum
     } | sha256sum | cut -d' ' -f1
@@ -134,6 +137,9 @@ build_module controlplane "$SRC" "k8s.io/kubernetes $k8s_version" "${CP_BINARIES
     "${build_flags[@]}" "${pkgs[@]}"
 build_module echo-basic "$ECHO_SRC" "sigs.k8s.io/gateway-api/conformance $echo_version" echo-basic \
     "${image_flags[@]}" "$ECHO_PKG"
+t1=$SECONDS
+(cd "$ECHO_SRC" && "$GO" test -c "${image_flags[@]}" -o "$tmp/conformance.test" "$SUITE_PKG")
+log "conformance: the suite's test binary compiled in $((SECONDS - t1)) s"
 build_module coredns "$COREDNS_SRC" "$COREDNS_PKG $coredns_version" coredns \
     "${image_flags[@]}" "$COREDNS_PKG"
 
