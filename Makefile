@@ -26,7 +26,7 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-demo setup-test setup-bench lint test unit demo bench clean \
-	k8s-bin controlplane controlplane-down cluster cluster-down
+	k8s-bin controlplane controlplane-down cluster cluster-down conformance
 
 help:
 	@echo "make setup   install Debian packages, kernel header links and .venv (root; every profile)"
@@ -40,6 +40,7 @@ help:
 	@echo "make controlplane       start etcd + kube-apiserver on 127.0.0.1 in the background"
 	@echo "make cluster            start a one-node cluster (control plane, controllers, a lab node that runs pods)"
 	@echo "make cluster-down       stop it"
+	@echo "make conformance        the upstream Gateway API conformance suite on a one-node cluster"
 	@echo "make controlplane-down  stop it"
 
 setup:
@@ -102,3 +103,9 @@ cluster: setup-test k8s-bin
 
 cluster-down:
 	@py=$(PY); [ -x "$$py" ] || py=python3; "$$py" tests/k8s/cluster.py down
+
+# The upstream Gateway API conformance suite (v1.6.1, unmodified) against
+# gatewaylb deployed as its DaemonSet on a one-node cluster of its own; writes
+# conformance/reports/v1.6.1/gatewaylb-<version>.yaml.
+conformance: setup-test k8s-bin
+	@$(PY) tests/k8s/run_conformance.py --quiet

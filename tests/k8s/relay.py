@@ -19,16 +19,22 @@ import socket
 import threading
 from collections.abc import Callable
 
-from agent.lab import Lab
+from agent.lab import Host, Lab
 
 
 class LoopbackRelay:
     def __init__(
-        self, lab: Lab, host_port: Callable[[], int], listen: tuple[str, int] = ("127.0.0.1", 0)
+        self,
+        lab: Lab,
+        host_port: Callable[[], int],
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        where: Host | None = None,
     ) -> None:
+        """Listens on `listen` in the namespace of `where` (the lab's node
+        unless given)."""
         # A callable: an API server restarted on another port is followed.
         self._host_port = host_port
-        self._listener: socket.socket = lab.call(lab.node, self._listen, listen)
+        self._listener: socket.socket = lab.call(where or lab.node, self._listen, listen)
         self.port = int(self._listener.getsockname()[1])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True, name="relay")
