@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A stop (SIGTERM, Ctrl-C) unwinds: the cluster and its namespaces go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=lambda s: s.split(","), default=list(PROFILES))
     parser.add_argument("--run-test", default="", help="one test, by its ShortName")

@@ -2,6 +2,10 @@
 pod CIDR, and a veth whose node end is a port of the node's pod bridge.
 
 hostNetwork pods share the node's namespace and report the node's address.
+Addresses are handed out round-robin (as the host-local IPAM plugin does), so
+a new pod seldom gets the address of one just gone, and the node forgets the
+MAC address of a removed pod at once: a stale neighbour entry would send the
+next holder's packets to a veth that no longer exists.
 Every namespace carries the lab run's prefix, so the lab's leftover cleanup
 finds them after a killed run.
 """
@@ -31,6 +35,7 @@ class PodNetwork:
         self.prefixlen = net.prefixlen
         self._free = [str(h) for h in hosts[9:]]  # .10 onwards, in order
         self._used: set[str] = set()
+        self._next = 0  # where the round-robin search starts
         self._serial = 0
         self._lock = threading.Lock()
 
@@ -39,15 +44,19 @@ class PodNetwork:
 
     def create(self) -> Sandbox:
         with self._lock:
-            ip = next((a for a in self._free if a not in self._used), None)
+            n = len(self._free)
+            order = (self._free[(self._next + i) % n] for i in range(n))
+            ip = next((a for a in order if a not in self._used), None)
             if ip is None:
                 raise RuntimeError("pod CIDR exhausted")
+            self._next = (self._free.index(ip) + 1) % n
             self._used.add(ip)
             self._serial += 1
             serial = self._serial
         ns = f"{self.prefix}pod{serial}"
         veth = f"vp{serial}"
         try:
+            self._forget_neighbour(ip)
             netns.create(ns)
             netns.ip("link", "add", "eth0", "type", "veth", "peer", "name", veth,
                      "netns", self.node_ns, ns=ns)  # fmt: skip
@@ -65,7 +74,12 @@ class PodNetwork:
     def remove(self, sandbox: Sandbox) -> None:
         if sandbox.own:
             netns.remove(sandbox.ns)  # kills what is left inside; the veth goes with it
+            self._forget_neighbour(sandbox.ip)
             self._release(sandbox.ip)
+
+    def _forget_neighbour(self, ip: str) -> None:
+        # No entry: nothing to forget (ip exits 2, not an error here).
+        netns.ip("neigh", "del", ip, "dev", self.bridge, ns=self.node_ns, check=False)
 
     def _release(self, ip: str) -> None:
         with self._lock:
