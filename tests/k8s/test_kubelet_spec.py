@@ -1,6 +1,7 @@
 """The test node's reading of a pod spec (tests/k8s/kubelet/spec.py and its
 image table), without a cluster: what it refuses to ignore, the capability
-set, the environment and the command line, as a kubelet composes them."""
+set, the environment and the command line, as a kubelet composes them; and
+how the node hands out pod addresses."""
 
 from __future__ import annotations
 
@@ -253,3 +254,18 @@ def test_an_unknown_image_is_refused_with_a_message_naming_it() -> None:
     why = images.resolve("nginx:1.27")
     assert isinstance(why, str)
     assert '"nginx:1.27"' in why and "image table" in why
+
+
+# --- pod addresses -------------------------------------------------------------------------
+
+
+def test_pod_addresses_go_round_robin_and_a_released_one_comes_back_last() -> None:
+    from kubelet.sandbox import AddressPool
+
+    pool = AddressPool(["a", "b", "c"])
+    assert [pool.take(), pool.take()] == ["a", "b"]
+    pool.release("a")
+    assert pool.take() == "c"  # not "a": the search goes on from where it stopped
+    assert pool.take() == "a"
+    with pytest.raises(RuntimeError, match="exhausted"):
+        pool.take()

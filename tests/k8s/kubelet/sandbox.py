@@ -26,6 +26,32 @@ class Sandbox:
     own: bool  # False for hostNetwork: the node's namespace, never removed
 
 
+class AddressPool:
+    """Round-robin over a list of addresses: the search for a free one starts
+    after the last one given out.  Thread-safe."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self._all = addresses
+        self._used: set[str] = set()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            n = len(self._all)
+            for i in range(n):
+                ip = self._all[(self._next + i) % n]
+                if ip not in self._used:
+                    self._used.add(ip)
+                    self._next = (self._next + i + 1) % n
+                    return ip
+        raise RuntimeError("pod CIDR exhausted")
+
+    def release(self, ip: str) -> None:
+        with self._lock:
+            self._used.discard(ip)
+
+
 class PodNetwork:
     def __init__(self, prefix: str, node_ns: str, node_ip: str, cidr: str, bridge: str) -> None:
         self.prefix, self.node_ns, self.node_ip, self.bridge = prefix, node_ns, node_ip, bridge
@@ -33,9 +59,7 @@ class PodNetwork:
         hosts = list(net.hosts())
         self.gateway = str(hosts[0])  # the bridge's address
         self.prefixlen = net.prefixlen
-        self._free = [str(h) for h in hosts[9:]]  # .10 onwards, in order
-        self._used: set[str] = set()
-        self._next = 0  # where the round-robin search starts
+        self.addresses = AddressPool([str(h) for h in hosts[9:]])  # .10 onwards
         self._serial = 0
         self._lock = threading.Lock()
 
@@ -44,13 +68,7 @@ class PodNetwork:
 
     def create(self) -> Sandbox:
         with self._lock:
-            n = len(self._free)
-            order = (self._free[(self._next + i) % n] for i in range(n))
-            ip = next((a for a in order if a not in self._used), None)
-            if ip is None:
-                raise RuntimeError("pod CIDR exhausted")
-            self._next = (self._free.index(ip) + 1) % n
-            self._used.add(ip)
+            ip = self.addresses.take()
             self._serial += 1
             serial = self._serial
         ns = f"{self.prefix}pod{serial}"
@@ -67,7 +85,7 @@ class PodNetwork:
             netns.ip("route", "add", "default", "via", self.gateway, ns=ns)
         except BaseException:
             netns.remove(ns)
-            self._release(ip)
+            self.addresses.release(ip)
             raise
         return Sandbox(ns, ip, own=True)
 
@@ -75,12 +93,8 @@ class PodNetwork:
         if sandbox.own:
             netns.remove(sandbox.ns)  # kills what is left inside; the veth goes with it
             self._forget_neighbour(sandbox.ip)
-            self._release(sandbox.ip)
+            self.addresses.release(sandbox.ip)
 
     def _forget_neighbour(self, ip: str) -> None:
         # No entry: nothing to forget (ip exits 2, not an error here).
         netns.ip("neigh", "del", ip, "dev", self.bridge, ns=self.node_ns, check=False)
-
-    def _release(self, ip: str) -> None:
-        with self._lock:
-            self._used.discard(ip)
