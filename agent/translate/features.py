@@ -1,7 +1,10 @@
 """What this agent implements, as Gateway API feature names.
 
 GatewayClass status.supportedFeatures lists exactly these (sorted), so each
-feature is added here only when traffic for it really flows end to end.
+feature is added here only when traffic for it really flows end to end: the
+upstream conformance suite reads this list and runs every test of every
+feature in it (`make conformance`, in CI), so a feature is listed only when
+all of its tests pass.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         {
             "Gateway",
+            "GatewayAddressEmpty",
+            "GatewayHTTPListenerIsolation",
             "GatewayPort8080",
             "GatewayStaticAddresses",
             "ReferenceGrant",
@@ -17,11 +22,16 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "UDPRoute",
             # L7, through the HAProxy worker (tests/e2e/test_proxy_http.py).
             "GRPCRoute",
+            "GRPCRouteNamedRouteRule",
             "HTTPRoute",
             "HTTPRoute303RedirectStatusCode",
             "HTTPRoute307RedirectStatusCode",
             "HTTPRoute308RedirectStatusCode",
             "HTTPRouteBackendProtocolH2C",
+            "HTTPRouteBackendProtocolWebSocket",
+            "HTTPRouteDestinationPortMatching",
+            "HTTPRouteNamedRouteRule",
+            "HTTPRouteParentRefPort",
             "HTTPRouteBackendRequestHeaderModification",
             "HTTPRouteBackendTimeout",
             "HTTPRouteHostRewrite",
