@@ -8,6 +8,7 @@ processes started in them; never the host's interfaces, routes or ruleset.
 
 from agent.lab.netns import NetnsWorker, cleanup_leftovers, new_prefix, run_in
 from agent.lab.topology import VIP4_NET, VIP6_NET, Host, Lab, vip4, vip6
+from agent.lab.waiting import wait_for
 
 __all__ = [
     "VIP4_NET",
@@ -20,4 +21,5 @@ __all__ = [
     "run_in",
     "vip4",
     "vip6",
+    "wait_for",
 ]

@@ -11,27 +11,18 @@ that runs the pods; test_cluster_gatewaylb.py uses it).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from controlplane import NODE_MONITOR_GRACE, ControlPlane
 from nodeagent import NodeAgent
 
+from agent.lab import wait_for
+
 pytestmark = pytest.mark.root
 
 NS = "ctl"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
 
 
 nodes: list[NodeAgent] = []

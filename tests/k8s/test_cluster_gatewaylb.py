@@ -28,6 +28,8 @@ import yaml
 from cluster import Cluster
 from controlplane import REPO, ControlPlaneError
 
+from agent.lab import wait_for
+
 pytestmark = pytest.mark.root
 
 DAEMONSET = REPO / "deploy" / "daemonset"
@@ -38,17 +40,6 @@ NS = "apps"
 VIP = "10.99.0.10"  # the example's Gateway: edge in apps
 HTTP_PORT, TCP_PORT, UDP_PORT = 80, 9000, 9001
 ECHO_IMAGE = "registry.k8s.io/gateway-api/echo-basic:v1.6.1"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(step)
 
 
 def pods(c: Cluster, namespace: str, selector: str = "") -> list[dict[str, Any]]:
