@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from agent.model.routes import RouteFilter, Timeouts
+from agent.model.routes import Retry, RouteFilter, Timeouts
 
 TCP = "tcp"
 UDP = "udp"
@@ -118,6 +118,7 @@ class HTTPRouteEntry:
     backends: BackendSet
     timeouts: Timeouts | None = None
     grpc: bool = False
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,6 +278,20 @@ class Fields:
             out.append(check_string(v, f"{at}[{i}]", max_len=max_len, pattern=pattern, enum=enum))
         return tuple(out)
 
+    def integers(
+        self, key: str, *, minimum: int, maximum: int, max_items: int | None = None
+    ) -> tuple[int, ...]:
+        values = self._list(key, 0, max_items)
+        at = self.at(key)
+        out: list[int] = []
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise FieldError(f"{at}[{i}]", f"must be an integer, got {type_name(v)}")
+            if not minimum <= v <= maximum:
+                raise FieldError(f"{at}[{i}]", f"must be {minimum}-{maximum}, got {_number(v)}")
+            out.append(v)
+        return tuple(out)
+
     def string_map(self, key: str) -> tuple[tuple[str, str], ...]:
         """A map of string to string (labels, annotations), sorted by key."""
         value = self._data.get(key)

@@ -158,15 +158,26 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    """rules[].retry: retry a backend request that answered one of `codes`,
+    at most `attempts` times (None: the implementation's default), waiting at
+    least `backoff` between tries."""
+
+    codes: tuple[int, ...]
+    attempts: int | None
+    backoff: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPRouteRule:
     name: str | None
     matches: tuple[HTTPRouteMatch, ...]
     filters: tuple[RouteFilter, ...]
     backend_refs: tuple[BackendRef, ...]
     timeouts: Timeouts | None
-    # Extended fields this agent reads but may not implement; kept so that
-    # translate can report them as unsupported rather than silently ignore them.
-    has_retry: bool = False
+    retry: Retry | None = None
+    # An extended field this agent reads but does not implement; kept so that
+    # translate can report it as unsupported rather than silently ignore it.
     has_session_persistence: bool = False
 
 
@@ -583,6 +594,21 @@ def _prefix_rewrite_needs_one_prefix_match(
             )
 
 
+MAX_RETRY_ATTEMPTS = 100
+
+
+def _retry(rt: Fields | None) -> Retry | None:
+    if rt is None:
+        return None
+    return Retry(
+        codes=rt.integers("codes", minimum=400, maximum=599, max_items=64),
+        # No bound in the API; one here so that a typo cannot make the proxy
+        # hammer a failing backend.
+        attempts=rt.opt_integer("attempts", minimum=1, maximum=MAX_RETRY_ATTEMPTS),
+        backoff=rt.opt_string("backoff", pattern=GEP2257_DURATION),
+    )
+
+
 def _http_rule(r: Fields) -> HTTPRouteRule:
     match_fields = r.items("matches", max_items=64)
     matches = (
@@ -616,7 +642,7 @@ def _http_rule(r: Fields) -> HTTPRouteRule:
         filters=filters,
         backend_refs=backend_refs,
         timeouts=timeouts,
-        has_retry=r.has("retry"),
+        retry=_retry(r.opt_obj("retry")),
         has_session_persistence=r.has("sessionPersistence"),
     )
 

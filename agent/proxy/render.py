@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.logs import one_line
-from agent.model.routes import HeaderModifier, PathModifier, RouteFilter
+from agent.model.routes import HeaderModifier, PathModifier, Retry, RouteFilter
 from agent.proxy import escape
 from agent.proxy.escape import Unrepresentable, word
 from agent.state import (
@@ -289,6 +289,7 @@ class _BackendKey:
     h2: bool
     filters: tuple[RouteFilter, ...]
     timeout_ms: int | None
+    retry: Retry | None = None
 
 
 @dataclass
@@ -709,9 +710,10 @@ class _Renderer:
         h2: bool = False,
         timeout_ms: int | None = None,
         filters: tuple[RouteFilter, ...] = (),
+        retry: Retry | None = None,
     ) -> _BackendKey:
         ident = self._endpoints_id(svc.endpoints)
-        return _BackendKey(mode, svc.name, svc.endpoints, ident, h2, filters, timeout_ms)
+        return _BackendKey(mode, svc.name, svc.endpoints, ident, h2, filters, timeout_ms, retry)
 
     def _endpoints_id(self, endpoints: tuple[Backend, ...]) -> int:
         """A number standing for `endpoints` in this render: the tuple is hashed
@@ -725,7 +727,10 @@ class _Renderer:
     def backend_name(self, key: _BackendKey) -> str:
         name = self.backend_names.get(key)
         if name is None:
-            parts = (key.mode, key.service, key.endpoints, key.h2, key.filters, key.timeout_ms)
+            parts = (
+                key.mode, key.service, key.endpoints, key.h2, key.filters, key.timeout_ms,
+                key.retry,
+            )  # fmt: skip
             name = self.backend_names[key] = f"be_{_safe_name(key.service)}_{_short_hash(*parts)}"
         return name
 
@@ -742,6 +747,14 @@ def _backend_section(name: str, key: _BackendKey) -> _Section:
     section.add("balance roundrobin")
     if key.timeout_ms is not None:
         section.add(f"timeout server {key.timeout_ms}")
+    if key.retry is not None:
+        # Tries again on the same server (no redispatch): a retry policy
+        # repeats the request to the backend it chose.  Connection failures
+        # stay retried, as without a policy.
+        if key.retry.attempts is not None:
+            section.add(f"retries {key.retry.attempts}")
+        codes = " ".join(str(c) for c in sorted(set(key.retry.codes)))
+        section.add(f"retry-on conn-failure {codes}".rstrip())
     for flt in key.filters:
         if flt.request_header_modifier is not None:
             for line in _header_lines("http-request", flt.request_header_modifier):
@@ -981,7 +994,14 @@ class _EntryWriter:
             if svc.weight <= 0:
                 continue
             h2 = self.entry.grpc or svc.app_protocol == H2C
-            key = self.r.backend_key("http", svc, h2=h2, timeout_ms=timeout, filters=svc.filters)
+            key = self.r.backend_key(
+                "http",
+                svc,
+                h2=h2,
+                timeout_ms=timeout,
+                filters=svc.filters,
+                retry=self.entry.retry,
+            )
             self.keys.append(key)
             name = self.r.backend_name(key) if self.dry_run else self.r.backend(key)
             choices.append(_Choice(name, svc.weight))

@@ -32,6 +32,7 @@ from agent.model.routes import (
     L4Route,
     Route,
     RouteFilter,
+    duration_seconds,
 )
 from agent.model.snapshot import InvalidObject, Snapshot
 from agent.state import (
@@ -55,7 +56,7 @@ from agent.translate.backends import (
     l4_backends,
     l7_backends,
 )
-from agent.translate.features import SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
+from agent.translate.features import RETRY_CODES, SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
 from agent.translate.gateways import (
     L4_PROTOCOLS,
     GatewayState,
@@ -286,8 +287,15 @@ def _unsupported(route: HTTPRoute | GRPCRoute, i: int) -> str | None:
     for flt in filters:
         if flt.type in UNSUPPORTED_FILTERS:
             return f"the {flt.type} filter is not supported"
-    if isinstance(route, HTTPRoute) and route.rules[i].has_retry:
-        return "retry is not supported"
+    if isinstance(route, HTTPRoute) and (retry := route.rules[i].retry) is not None:
+        if retry.backoff is not None and duration_seconds(retry.backoff):
+            return "retry.backoff is not supported: HAProxy retries a response at once"
+        other = sorted(set(retry.codes) - RETRY_CODES)
+        if other:
+            return (
+                f"retry.codes {', '.join(map(str, other))} not supported "
+                f"(supported: {', '.join(map(str, sorted(RETRY_CODES)))})"
+            )
     if rule.has_session_persistence:
         return "sessionPersistence is not supported"
     return None

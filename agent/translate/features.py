@@ -42,6 +42,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteQueryParamMatching",
             "HTTPRouteRequestTimeout",
             "HTTPRouteResponseHeaderModification",
+            "HTTPRouteRetry",
             "HTTPRouteSchemeRedirect",
             "TLSRoute",
             "TLSRouteModeTerminate",
@@ -56,3 +57,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
 # agents that copy requests out of band and cannot honour the mirror's
 # semantics), so rules that ask for it are refused rather than served unmirrored.
 UNSUPPORTED_FILTERS = frozenset({"ExtensionRef", "ExternalAuth", "CORS", "RequestMirror"})
+
+# rules[].retry.codes HAProxy can retry on (its `retry-on` response-status
+# keywords); a rule that names another code is refused, not retried on fewer.
+RETRY_CODES = frozenset({401, 403, 404, 408, 425, 500, 501, 502, 503, 504})

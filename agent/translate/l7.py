@@ -17,6 +17,7 @@ from agent.model.routes import (
     GRPCRouteMatch,
     HTTPRoute,
     HTTPRouteMatch,
+    Retry,
     RouteFilter,
     Timeouts,
 )
@@ -85,10 +86,12 @@ def route_entries(
     for rule_index, backends in sorted(rule_backends.items()):
         filters: tuple[RouteFilter, ...]
         timeouts: Timeouts | None = None
+        retry: Retry | None = None
         if isinstance(route, HTTPRoute):
             rule = route.rules[rule_index]
             filters = rule.filters
             timeouts = rule.timeouts
+            retry = rule.retry
             matches = [http_match(m) for m in rule.matches]
             grpc = False
         else:
@@ -105,6 +108,7 @@ def route_entries(
                 backends=backends,
                 timeouts=timeouts,
                 grpc=grpc,
+                retry=retry,
             )
             out.append(PendingEntry(route.meta, match_index, entry))
     return out

@@ -1048,7 +1048,16 @@ _KEYWORDS = {
         "tcp-request",
         "use_backend",
     },
-    "backend": {"mode", "balance", "timeout", "server", "http-request", "http-response"},
+    "backend": {
+        "mode",
+        "balance",
+        "timeout",
+        "retries",
+        "retry-on",
+        "server",
+        "http-request",
+        "http-response",
+    },
 }
 # Unquoted words are the renderer's own: keywords, fetches, numbers, names,
 # addresses.  No quote, backslash, `$`, `%`, `#` or whitespace.

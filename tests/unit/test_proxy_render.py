@@ -24,6 +24,7 @@ from agent.model.routes import (
     PathModifier,
     RequestMirror,
     RequestRedirect,
+    Retry,
     RouteFilter,
     Timeouts,
     URLRewrite,
@@ -79,6 +80,7 @@ def entry(
     filters: tuple[RouteFilter, ...] = (),
     timeouts: Timeouts | None = None,
     grpc: bool = False,
+    retry: Retry | None = None,
 ) -> HTTPRouteEntry:
     return HTTPRouteEntry(
         f"HTTPRoute default/{route}",
@@ -88,6 +90,7 @@ def entry(
         backends if backends is not None else BackendSet((svc(),)),
         timeouts,
         grpc,
+        retry,
     )
 
 
@@ -294,6 +297,32 @@ def test_timeouts_per_backend(tmp_path: Path) -> None:
         "timeout server 60000",
     ]
     assert len(lines(rc, r"^backend ")) == 3  # the untimed one shares nothing
+
+
+def test_a_retry_policy_retries_on_its_codes_on_the_same_server(tmp_path: Path) -> None:
+    rc = render(
+        [
+            http(
+                (
+                    "*",
+                    [
+                        entry("a", "/a", retry=Retry((500,), 3, None)),
+                        entry("b", "/b", retry=Retry((504, 500, 502, 503), None, None)),
+                        entry("c", "/c"),
+                    ],
+                )
+            )
+        ],
+        str(tmp_path),
+    )
+    check(rc, tmp_path)  # haproxy -c accepts it
+    assert lines(rc, r"^retries \d+$") == ["retries 3"]  # b: HAProxy's default (3)
+    assert sorted(lines(rc, r"^retry-on .*")) == [
+        "retry-on conn-failure 500",
+        "retry-on conn-failure 500 502 503 504",
+    ]
+    assert not lines(rc, r"redispatch")  # a retry goes to the server that failed
+    assert len(lines(rc, r"^backend ")) == 3
 
 
 def test_duration_parsing() -> None:

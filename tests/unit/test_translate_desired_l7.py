@@ -213,6 +213,32 @@ def test_rule_with_unsupported_filter_is_dropped_and_route_partially_invalid() -
     cond_is(conds, "PartiallyInvalid", True, "UnsupportedValue")
 
 
+def test_a_retry_policy_reaches_the_rules_entries_and_what_haproxy_cannot_do_is_refused() -> None:
+    from helpers import cond, cond_is, parent_conditions
+
+    tr = run(
+        gateway("gw", http()),
+        httproute(
+            "r",
+            {"matches": [m("/ok")], "backendRefs": [backend()],
+             "retry": {"codes": [500, 503], "attempts": 2}},
+            {"matches": [m("/backoff")], "backendRefs": [backend()],
+             "retry": {"codes": [500], "backoff": "100ms"}},
+            {"matches": [m("/code")], "backendRefs": [backend()], "retry": {"codes": [505]}},
+        ),
+        *SVC,
+    )  # fmt: skip
+    (ok,) = entries(l7(tr, "http"), "*")
+    assert ok["match"]["path"] == "/ok"
+    assert ok["retry"] == {"codes": [500, 503], "attempts": 2}
+    conds = parent_conditions(tr, "HTTPRoute", "r")
+    cond_is(conds, "Accepted", True, "Accepted")
+    cond_is(conds, "PartiallyInvalid", True, "UnsupportedValue")
+    message = cond(conds, "PartiallyInvalid")["message"]
+    assert "retry.backoff is not supported" in message, message
+    assert "retry.codes 505 not supported" in message, message
+
+
 def test_grpc_method_matches_are_mapped_to_paths() -> None:
     tr = run(
         gateway("gw", http()),
