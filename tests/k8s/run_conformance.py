@@ -108,7 +108,15 @@ def run(args: argparse.Namespace) -> int:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     log.write(line)
-                    if not args.quiet or line.startswith(("--- ", "=== RUN", "FAIL", "ok", "PASS")):
+                    # Quiet: each test's result (top-level and failed subtests) only.
+                    if (
+                        not args.quiet
+                        or line.lstrip().startswith(("--- FAIL", "FAIL", "ok"))
+                        or (
+                            line.startswith(("--- ", "    --- PASS: TestConformance/", "PASS"))
+                            and line.count("/") <= 1
+                        )
+                    ):
                         sys.stdout.write(line)
                 rc = proc.wait()
             suite = time.monotonic() - t1
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default="/run/gatewaylb-conformance.log")
     parser.add_argument("--agent-log", default="", help="write the agent's log here at the end")
     parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="print only test results")
+    parser.add_argument("--quiet", action="store_true", help="print only each test's result")
     return run(parser.parse_args(argv))
 
 
