@@ -1,5 +1,6 @@
-"""The lab node's own instances of the kernel filesystems a DaemonSet takes
-from its host: the bpf filesystem and the cgroup v2 hierarchy.
+"""The lab node's own instances of what a DaemonSet takes from its host
+and must not share with the machine: the bpf filesystem, the cgroup v2
+hierarchy and the agent's state directory.
 
 The lab node shares its kernel with the machine (and with every other lab
 on it).  A hostPath of `/sys/fs/bpf` or `/sys/fs/cgroup` on a real node is
@@ -13,20 +14,23 @@ node gets:
   invisible to any other mount), unmounted with the node;
 - a cgroup v2 subtree that every container of the node joins (beside the
   tracking cgroup of its run), so programs attached there see the node's
-  processes and nobody else's, and go away when the subtree is removed.
+  processes and nobody else's, and go away when the subtree is removed;
+- a /run/gatewaylb of its own (the agent's state: the proxy worker's files).
 
-hostPaths at or below those two paths resolve to the node's instances, and
+hostPaths at or below those paths resolve to the node's instances, and
 `command()` runs a command with the same view, as a shell on the node would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from pathlib import Path
 
 BPFFS = Path("/sys/fs/bpf")
 CGROUP = Path("/sys/fs/cgroup")
+RUN_DIR = Path("/run/gatewaylb")
 
 
 def _mounted(path: Path, fstype: str) -> bool:
@@ -55,7 +59,11 @@ class NodeFilesystem:
         self.bpffs.mkdir(parents=True, exist_ok=True)
         if not _mounted(self.bpffs, "bpf"):
             subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
-        self.remaps = {BPFFS: self.bpffs, CGROUP: self.cgroup}
+        # The agent's state directory too: the machine's own /run/gatewaylb
+        # belongs to agents run outside the cluster.
+        self.run_dir = root / "run-gatewaylb"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.remaps = {BPFFS: self.bpffs, CGROUP: self.cgroup, RUN_DIR: self.run_dir}
 
     def resolve(self, path: Path) -> Path:
         """A path on the node -> where it is on the machine."""
@@ -66,8 +74,10 @@ class NodeFilesystem:
 
     def command(self, argv: list[str], netns: str) -> list[str]:
         """`argv` as run on the node: its network namespace and its view of
-        the two filesystems, in a mount namespace of its own."""
-        binds = " && ".join(f"mount --bind {local} {path}" for path, local in self.remaps.items())
+        those directories, in a mount namespace of its own."""
+        binds = " && ".join(
+            f"mkdir -p {path} && mount --bind {local} {path}" for path, local in self.remaps.items()
+        )
         return [
             "nsenter", f"--net=/run/netns/{netns}", "--",
             "unshare", "--mount", "--propagation", "slave", "--",
@@ -81,3 +91,4 @@ class NodeFilesystem:
             subprocess.run(["umount", "-l", str(self.bpffs)], check=False)
         with contextlib.suppress(OSError):
             self.bpffs.rmdir()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
