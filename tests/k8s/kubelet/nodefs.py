@@ -28,26 +28,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from agent.dataplane.ebpf import on_bpffs
+from agent.dataplane.select import cgroup2_root as agent_cgroup2_root
+
 BPFFS = Path("/sys/fs/bpf")
 CGROUP = Path("/sys/fs/cgroup")
 RUN_DIR = Path("/run/gatewaylb")
 
 
-def _mounted(path: Path, fstype: str) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == str(path) and fields[2] == fstype:
-                return True
-    return False
-
-
 def cgroup2_root() -> Path:
-    """The machine's cgroup v2 hierarchy (pure v2, or hybrid's `unified`)."""
-    for candidate in (CGROUP, CGROUP / "unified"):
-        if _mounted(candidate, "cgroup2"):
-            return candidate
-    raise OSError("no cgroup v2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+    """The machine's cgroup v2 hierarchy (pure v2, or hybrid's `unified`):
+    where the agent itself would look."""
+    root = agent_cgroup2_root()
+    if root is None:
+        raise OSError("no cgroup v2 hierarchy mounted at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+    return Path(root)
 
 
 class NodeFilesystem:
@@ -57,7 +52,7 @@ class NodeFilesystem:
         self.bpffs = root / "bpffs"
         self.cgroup = cgroup
         self.bpffs.mkdir(parents=True, exist_ok=True)
-        if not _mounted(self.bpffs, "bpf"):
+        if not on_bpffs(self.bpffs):
             subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
         # The agent's state directory too: the machine's own /run/gatewaylb
         # belongs to agents run outside the cluster.
@@ -87,7 +82,7 @@ class NodeFilesystem:
     def close(self) -> None:
         """Unmount the bpf filesystem: its pins go, and with them the maps no
         program holds any more."""
-        if _mounted(self.bpffs, "bpf"):
+        if on_bpffs(self.bpffs):
             subprocess.run(["umount", "-l", str(self.bpffs)], check=False)
         with contextlib.suppress(OSError):
             self.bpffs.rmdir()
