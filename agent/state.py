@@ -43,6 +43,7 @@ class FrontendSource:
 
     namespace: str
     gateway: str
+    # The listener's name; "namespace/name/listener" for one a ListenerSet adds.
     listener: str
     route: str = ""  # "namespace/name" of the route carrying the traffic
 
@@ -160,6 +161,15 @@ class L7Listener:
     tls_routes: tuple[TLSRouteEntry, ...] = ()
     # TLS listener in Terminate mode carrying a TCPRoute: decrypted stream.
     tcp_backends: BackendSet | None = None
+    # namespace/name of the ListenerSet that adds this listener; "" for the Gateway's own.
+    listener_set: str = ""
+
+    @property
+    def owner(self) -> str:
+        """The object whose status carries this listener, as problems name it."""
+        if self.listener_set:
+            return f"ListenerSet {self.listener_set} listener {self.listener}"
+        return f"Gateway {self.gateway} listener {self.listener}"
 
 
 # -- announcement -----------------------------------------------------------------

@@ -132,7 +132,7 @@ def merge_status(
         merged["parents"] = others + mine
         return merged
     merged["conditions"] = _stamp(new.get("conditions") or [], old.get("conditions"), now)
-    if kind == "Gateway":
+    if kind in ("Gateway", "ListenerSet"):
         old_listeners = {
             ls.get("name"): ls for ls in old.get("listeners") or [] if isinstance(ls, dict)
         }

@@ -1,5 +1,6 @@
-"""GatewayClass, Gateway and ReferenceGrant, with the defaults and validation rules
-their CRDs declare (OpenAPI defaults and the CEL rules the API server enforces).
+"""GatewayClass, Gateway, ListenerSet and ReferenceGrant, with the defaults and
+validation rules their CRDs declare (OpenAPI defaults and the CEL rules the API
+server enforces).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from agent.model.fields import (
     Fields,
     each,
 )
-from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, ObjectMeta
+from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, ObjectMeta
 
 PROTOCOL_PATTERN = re.compile(
     r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
@@ -108,6 +109,17 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class AllowedListeners:
+    """Which ListenerSets may add listeners to a Gateway (spec.allowedListeners)."""
+
+    namespaces_from: str  # None | Same | All | Selector
+    selector: LabelSelector | None
+
+
+NO_LISTENER_SETS = AllowedListeners("None", None)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayAddress:
     type: str
     value: str | None
@@ -123,12 +135,35 @@ class Gateway:
     # status.addresses as last written: the record that keeps an address taken
     # from a pool stable across restarts and agents (see translate/ipam.py).
     status_addresses: tuple[str, ...] = ()
+    allowed_listeners: AllowedListeners = NO_LISTENER_SETS
 
     def listener(self, name: str) -> Listener | None:
         for listener in self.listeners:
             if listener.name == name:
                 return listener
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParentGatewayReference:
+    group: str
+    kind: str
+    name: str
+    namespace: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSet:
+    """Listeners added to a Gateway from another object (and, often, by another
+    team): its parent must allow it (Gateway spec.allowedListeners)."""
+
+    meta: ObjectMeta
+    parent_ref: ParentGatewayReference
+    listeners: tuple[Listener, ...]
+
+    @property
+    def parent_key(self) -> Key:
+        return Key(self.parent_ref.namespace or self.meta.namespace, self.parent_ref.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,15 +295,14 @@ def _listener(f: Fields) -> Listener:
     )
 
 
-def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
-    spec = doc.obj("spec")
+def _listeners(spec: Fields, owner: str) -> tuple[Listener, ...]:
     listener_fields = spec.items("listeners", min_items=1, max_items=64)
     listeners = tuple(each(listener_fields, _listener))
     names: set[str] = set()
     combos: set[tuple[int, str, str | None]] = set()
     for lf, listener in zip(listener_fields, listeners, strict=True):
         if listener.name in names:
-            raise lf.error("name", f"listener name {listener.name!r} must be unique in the Gateway")
+            raise lf.error("name", f"listener name {listener.name!r} must be unique in the {owner}")
         names.add(listener.name)
         combo = (listener.port, listener.protocol, listener.hostname)
         if combo in combos:
@@ -276,6 +310,24 @@ def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
                 lf.path, "the combination of port, protocol and hostname must be unique"
             )
         combos.add(combo)
+    return listeners
+
+
+def _allowed_listeners(f: Fields | None) -> AllowedListeners:
+    ns = f.opt_obj("namespaces") if f is not None else None
+    if ns is None:
+        return NO_LISTENER_SETS
+    namespaces_from = ns.string("from", "None", enum=("All", "Selector", "Same", "None"))
+    sel = ns.opt_obj("selector")
+    selector = parse_label_selector(sel) if sel is not None else None
+    if namespaces_from == "Selector" and selector is None:
+        raise ns.error("selector", "required when from is Selector")
+    return AllowedListeners(namespaces_from, selector)
+
+
+def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
+    spec = doc.obj("spec")
+    listeners = _listeners(spec, "Gateway")
     addresses = []
     seen_addresses: set[tuple[str, str]] = set()
     for a in spec.items("addresses", max_items=16):
@@ -299,6 +351,7 @@ def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
             _parameters_ref(infra_ref, namespaced=False) if infra_ref else None
         ),
         status_addresses=_status_addresses(doc.raw("status")),
+        allowed_listeners=_allowed_listeners(spec.opt_obj("allowedListeners")),
     )
 
 
@@ -314,6 +367,24 @@ def _status_addresses(status: object) -> tuple[str, ...]:
             if isinstance(value, str) and len(value) <= 64:
                 out.append(value)
     return tuple(out)
+
+
+def parse_parent_gateway_reference(f: Fields) -> ParentGatewayReference:
+    return ParentGatewayReference(
+        group=f.string("group", GATEWAY_GROUP, max_len=253, pattern=GROUP_NAME),
+        kind=f.string("kind", "Gateway", max_len=63, min_len=1, pattern=KIND_NAME),
+        name=f.string("name", max_len=253, min_len=1),
+        namespace=f.opt_string("namespace", max_len=63, min_len=1, pattern=DNS1123_LABEL),
+    )
+
+
+def parse_listener_set(doc: Fields, meta: ObjectMeta) -> ListenerSet:
+    spec = doc.obj("spec")
+    return ListenerSet(
+        meta=meta,
+        parent_ref=parse_parent_gateway_reference(spec.obj("parentRef")),
+        listeners=_listeners(spec, "ListenerSet"),
+    )
 
 
 def parse_reference_grant(doc: Fields, meta: ObjectMeta) -> ReferenceGrant:

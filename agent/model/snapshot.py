@@ -36,9 +36,12 @@ from agent.model.fields import FieldError, Fields
 from agent.model.gateway import (
     Gateway,
     GatewayClass,
+    ListenerSet,
     ReferenceGrant,
     parse_gateway,
     parse_gateway_class,
+    parse_listener_set,
+    parse_parent_gateway_reference,
     parse_reference_grant,
 )
 from agent.model.known import unknown_fields, unknown_kind_problem
@@ -61,6 +64,7 @@ from agent.model.routes import (
 SERVED_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "GatewayClass": (GATEWAY_GROUP, ("v1", "v1beta1")),
     "Gateway": (GATEWAY_GROUP, ("v1", "v1beta1")),
+    "ListenerSet": (GATEWAY_GROUP, ("v1",)),
     "HTTPRoute": (GATEWAY_GROUP, ("v1", "v1beta1")),
     "GRPCRoute": (GATEWAY_GROUP, ("v1",)),
     "ReferenceGrant": (GATEWAY_GROUP, ("v1", "v1beta1")),
@@ -105,6 +109,7 @@ class LoadProblem:
 Parsed = (
     GatewayClass
     | Gateway
+    | ListenerSet
     | HTTPRoute
     | GRPCRoute
     | L4Route
@@ -122,6 +127,7 @@ Parsed = (
 class Snapshot:
     gateway_classes: tuple[GatewayClass, ...] = ()
     gateways: tuple[Gateway, ...] = ()
+    listener_sets: tuple[ListenerSet, ...] = ()
     http_routes: tuple[HTTPRoute, ...] = ()
     grpc_routes: tuple[GRPCRoute, ...] = ()
     l4_routes: tuple[L4Route, ...] = ()
@@ -140,6 +146,7 @@ class Snapshot:
 _SPEC_PARSERS: dict[str, Callable[[Fields, ObjectMeta], Any]] = {
     "GatewayClass": parse_gateway_class,
     "Gateway": parse_gateway,
+    "ListenerSet": parse_listener_set,
     "HTTPRoute": parse_http_route,
     "GRPCRoute": parse_grpc_route,
     "ReferenceGrant": parse_reference_grant,
@@ -202,6 +209,8 @@ def _invalid(kind: str, meta: ObjectMeta, doc: dict[str, Any], error: str) -> In
             gateway_class = spec["gatewayClassName"]
         if kind in ROUTE_KINDS:
             parent_refs = _best_effort_parent_refs(spec)
+        if kind == "ListenerSet":
+            parent_refs = _best_effort_parent_gateway(spec)
     return InvalidObject(
         kind=kind,
         meta=meta,
@@ -223,6 +232,16 @@ def _best_effort_parent_refs(spec: dict[str, Any]) -> tuple[ParentReference, ...
         except FieldError:
             continue
     return tuple(dict.fromkeys(out))
+
+
+def _best_effort_parent_gateway(spec: dict[str, Any]) -> tuple[ParentReference, ...]:
+    """A malformed ListenerSet's parentRef, as a route's would read, so that
+    translate can tell whether the ListenerSet is ours to give a status."""
+    try:
+        ref = parse_parent_gateway_reference(Fields(spec, "spec").obj("parentRef"))
+    except FieldError:
+        return ()
+    return (ParentReference(ref.group, ref.kind, ref.namespace, ref.name, None, None),)
 
 
 def _best_effort_name(kind: str, doc: dict[str, Any]) -> str:
@@ -319,6 +338,7 @@ class SnapshotBuilder:
         return Snapshot(
             gateway_classes=of(GatewayClass),
             gateways=of(Gateway),
+            listener_sets=of(ListenerSet),
             http_routes=of(HTTPRoute),
             grpc_routes=of(GRPCRoute),
             l4_routes=of(L4Route),

@@ -25,6 +25,7 @@ from agent.translate.status import (
     R_UNSUPPORTED_VALUE,
     Condition,
     GatewayStatus,
+    ListenerSetStatus,
     ListenerStatus,
     ObjectStatus,
     RouteParentStatus,
@@ -48,8 +49,8 @@ def apply_problems(report: StatusReport, problems: tuple[Problem, ...]) -> Statu
         key = f"{obj.kind} {obj.namespace}/{obj.name}"
         if isinstance(obj.status, RouteStatus) and key in by_route:
             objects.append(_route(obj, obj.status, by_route[key]))
-        elif isinstance(obj.status, GatewayStatus):
-            objects.append(_gateway(obj, obj.status, by_route))
+        elif isinstance(obj.status, GatewayStatus | ListenerSetStatus):
+            objects.append(_listeners(obj, obj.status, by_route))
         else:
             objects.append(obj)
     return StatusReport(tuple(objects))
@@ -82,10 +83,12 @@ def _route(obj: ObjectStatus, status: RouteStatus, problems: list[Problem]) -> O
     return dataclasses.replace(obj, status=RouteStatus(tuple(parents)))
 
 
-def _gateway(
-    obj: ObjectStatus, status: GatewayStatus, by_route: dict[str, list[Problem]]
+def _listeners(
+    obj: ObjectStatus,
+    status: GatewayStatus | ListenerSetStatus,
+    by_route: dict[str, list[Problem]],
 ) -> ObjectStatus:
-    prefix = f"Gateway {obj.namespace}/{obj.name} listener "
+    prefix = f"{obj.kind} {obj.namespace}/{obj.name} listener "
     listeners: list[ListenerStatus] = []
     changed = False
     for ls in status.listeners:

@@ -102,8 +102,7 @@ def port_problems(
         if not reasons:
             served.append(ls)
             continue
-        name = f"Gateway {ls.gateway} listener {ls.listener}"
-        problems.append(Problem(name, None, "; ".join(reasons), PORT_UNAVAILABLE))
+        problems.append(Problem(ls.owner, None, "; ".join(reasons), PORT_UNAVAILABLE))
     return served, tuple(problems)
 
 

@@ -237,6 +237,12 @@ def _short_hash(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
 
 
+def _listener_id(ls: L7Listener) -> tuple[str, ...]:
+    if ls.listener_set:
+        return (ls.gateway, ls.listener_set, ls.listener)
+    return (ls.gateway, ls.listener)
+
+
 def _addr(ip: str, port: int) -> str:
     addr = ipaddress.ip_address(ip)
     if getattr(addr, "scope_id", None):  # "fe80::1%eth0": a zone is no part of a bind
@@ -390,7 +396,7 @@ class _Renderer:
         return RenderedConfig(text, dict(self.files), tuple(self.problems), frozenset(self.binds))
 
     def _listener_name(self, ls: L7Listener) -> str:
-        return f"Gateway {ls.gateway} listener {ls.listener}"
+        return ls.owner
 
     def _kind(self, ls: L7Listener) -> str | None:
         if ls.protocol == "HTTP":
@@ -442,8 +448,7 @@ class _Renderer:
                     self.problem(
                         self._listener_name(ls),
                         None,
-                        f"{vip}:{ls.port} already serves {group[0].protocol} listener "
-                        f"{group[0].gateway}/{group[0].listener}",
+                        f"{vip}:{ls.port} already serves {group[0].protocol} {group[0].owner}",
                     )
                     continue
                 if ls not in group:
@@ -455,7 +460,7 @@ class _Renderer:
             merged.setdefault(key, ([], group))[0].append(vip)
         out = []
         for (port, _), (vips, group) in merged.items():
-            ident = _short_hash(port, sorted(vips), [(ls.gateway, ls.listener) for ls in group])
+            ident = _short_hash(port, sorted(vips), [_listener_id(ls) for ls in group])
             out.append((f"fe_{port}_{ident}", [_addr(v, port) for v in sorted(vips)], group))
         out.sort(key=lambda item: item[0])
         return out

@@ -36,6 +36,7 @@ GW = "gateway.networking.k8s.io"
 RESOURCES: tuple[ApiResource, ...] = (
     ApiResource("GatewayClass", GW, "v1", "gatewayclasses", namespaced=False),
     ApiResource("Gateway", GW, "v1", "gateways", namespaced=True),
+    ApiResource("ListenerSet", GW, "v1", "listenersets", namespaced=True),
     ApiResource("HTTPRoute", GW, "v1", "httproutes", namespaced=True),
     ApiResource("GRPCRoute", GW, "v1", "grpcroutes", namespaced=True),
     ApiResource("TLSRoute", GW, "v1", "tlsroutes", namespaced=True),
@@ -49,13 +50,23 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource(CONFIG_KIND, CONFIG_GROUP, "v1alpha1", "gatewaylbconfigs", namespaced=False),
 )
 # Kinds whose CRD may not be installed: a cluster without gatewaylb's own CRD
-# still runs (its GatewayClasses just cannot name parameters).
-OPTIONAL_KINDS = frozenset({CONFIG_KIND})
+# still runs (its GatewayClasses just cannot name parameters), and so does one
+# with Gateway API CRDs older than ListenerSet's (v1.5).
+OPTIONAL_KINDS = frozenset({CONFIG_KIND, "ListenerSet"})
 OPTIONAL_RETRY_SECONDS = 30.0
 # Only TLS Secrets can be certificateRefs; the rest are none of the agent's business.
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 STATUS_KINDS = frozenset(
-    {"GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"}
+    {
+        "GatewayClass",
+        "Gateway",
+        "ListenerSet",
+        "HTTPRoute",
+        "GRPCRoute",
+        "TLSRoute",
+        "TCPRoute",
+        "UDPRoute",
+    }
 )
 
 Key = tuple[str, str, str]  # kind, namespace, name

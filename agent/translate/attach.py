@@ -1,6 +1,7 @@
 """Route attachment: which listeners a route's parentRefs select, and why not.
 
-For every parentRef that names one of our Gateways this decides Accepted (with
+For every parentRef that names one of our Gateways, or a ListenerSet of one,
+this decides Accepted (with
 NoMatchingParent, NotAllowedByListeners or NoMatchingListenerHostname when it
 fails) and, when accepted, the listeners the route is attached to together with
 the hostnames it serves on each.  It counts attachedRoutes as the spec says:
@@ -9,6 +10,7 @@ only routes that are Accepted on that listener.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.model.meta import GATEWAY_GROUP, GroupKind, Key, ObjectMeta
@@ -16,6 +18,7 @@ from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TLS_ROUTE, ParentReferenc
 from agent.translate.gateways import GatewayState, ListenerState
 from agent.translate.hostnames import effective_hostnames
 from agent.translate.index import SnapshotIndex
+from agent.translate.listenersets import ListenerSetState
 from agent.translate.status import (
     R_NO_MATCHING_LISTENER_HOSTNAME,
     R_NO_MATCHING_PARENT,
@@ -32,10 +35,30 @@ class Attachment:
     hostnames: tuple[str, ...]  # effective hostnames ("*" = any); () for TCP/UDP
 
 
+# What a parentRef can name: a Gateway (its own listeners) or a ListenerSet (its listeners).
+Parent = GatewayState | ListenerSetState
+
+
+@dataclass(frozen=True, slots=True)
+class Parents:
+    gateways: Mapping[Key, GatewayState]
+    listener_sets: Mapping[Key, ListenerSetState]
+
+    def find(self, ref: ParentReference, route_namespace: str) -> Parent | None:
+        """The parent of ours `ref` names, None when it names another's."""
+        if ref.group != GATEWAY_GROUP:
+            return None
+        key = Key(ref.namespace or route_namespace, ref.name)
+        if ref.kind == "Gateway":
+            return self.gateways.get(key)
+        if ref.kind == "ListenerSet":
+            return self.listener_sets.get(key)
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ParentVerdict:
     parent: ParentRefStatus
-    gateway: GatewayState
     attachments: tuple[Attachment, ...]
     # (reason, message) when not accepted.
     rejection: tuple[str, str] | None
@@ -54,20 +77,12 @@ def parent_ref_status(ref: ParentReference, gateway_namespace: str) -> ParentRef
     )
 
 
-def our_gateway(
-    ref: ParentReference, route_namespace: str, gateways: dict[Key, GatewayState]
-) -> GatewayState | None:
-    if ref.group != GATEWAY_GROUP or ref.kind != "Gateway":
-        return None
-    return gateways.get(Key(ref.namespace or route_namespace, ref.name))
-
-
 def _namespace_allowed(ls: ListenerState, route_namespace: str, index: SnapshotIndex) -> bool:
     allowed = ls.listener.allowed_routes
     if allowed.namespaces_from == "All":
         return True
     if allowed.namespaces_from == "Same":
-        return route_namespace == ls.gateway.namespace
+        return route_namespace == ls.owner_namespace
     if allowed.selector is None:
         return False
     return allowed.selector.matches(index.namespace_labels(route_namespace))
@@ -79,19 +94,20 @@ def evaluate_parent(
     meta: ObjectMeta,
     hostnames: tuple[str, ...],
     ref: ParentReference,
-    gateway: GatewayState,
+    target: Parent,
     index: SnapshotIndex,
 ) -> ParentVerdict:
-    parent = parent_ref_status(ref, gateway.key.namespace)
+    parent = parent_ref_status(ref, target.key.namespace)
+    name = f"{target.kind} {target.key}"
 
     def reject(reason: str, message: str) -> ParentVerdict:
-        return ParentVerdict(parent, gateway, (), (reason, message))
+        return ParentVerdict(parent, (), (reason, message))
 
-    if not gateway.accepted:
-        return reject(R_NO_MATCHING_PARENT, f"Gateway {gateway.key} is not accepted")
+    if not target.accepted:
+        return reject(R_NO_MATCHING_PARENT, f"{name} is not accepted")
     candidates = [
         ls
-        for ls in gateway.listeners
+        for ls in target.listeners
         if (ref.section_name is None or ls.listener.name == ref.section_name)
         and (ref.port is None or ls.listener.port == ref.port)
     ]
@@ -103,20 +119,20 @@ def evaluate_parent(
             wanted.append(f"on port {ref.port}")
         return reject(
             R_NO_MATCHING_PARENT,
-            f"Gateway {gateway.key} has no listener {' and '.join(wanted)}",
+            f"{name} has no listener {' and '.join(wanted)}",
         )
     group_kind = GroupKind(GATEWAY_GROUP, kind)
     by_kind = [ls for ls in candidates if ls.accepted and group_kind in ls.supported_kinds]
     if not by_kind:
         return reject(
             R_NOT_ALLOWED_BY_LISTENERS,
-            f"no listener of Gateway {gateway.key} that this parentRef selects allows {kind}s",
+            f"no listener of {name} that this parentRef selects allows {kind}s",
         )
     by_namespace = [ls for ls in by_kind if _namespace_allowed(ls, meta.namespace, index)]
     if not by_namespace:
         return reject(
             R_NOT_ALLOWED_BY_LISTENERS,
-            f"no listener of Gateway {gateway.key} allows routes from namespace {meta.namespace}",
+            f"no listener of {name} allows routes from namespace {meta.namespace}",
         )
     attachments: list[Attachment] = []
     for ls in by_namespace:
@@ -130,6 +146,6 @@ def evaluate_parent(
     if not attachments:
         return reject(
             R_NO_MATCHING_LISTENER_HOSTNAME,
-            f"no hostname of the route intersects a listener hostname of Gateway {gateway.key}",
+            f"no hostname of the route intersects a listener hostname of {name}",
         )
-    return ParentVerdict(parent, gateway, tuple(attachments), None)
+    return ParentVerdict(parent, tuple(attachments), None)

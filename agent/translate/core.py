@@ -48,7 +48,7 @@ from agent.state import (
     L7Listener,
     TLSRouteEntry,
 )
-from agent.translate.attach import ParentVerdict, evaluate_parent, our_gateway, parent_ref_status
+from agent.translate.attach import Parents, ParentVerdict, evaluate_parent, parent_ref_status
 from agent.translate.backends import (
     BackendResolver,
     RefError,
@@ -72,6 +72,7 @@ from agent.translate.gateways import (
 )
 from agent.translate.index import SnapshotIndex
 from agent.translate.l7 import PendingEntry, route_entries, virtual_hosts
+from agent.translate.listenersets import attach_listener_sets
 from agent.translate.status import (
     ACCEPTED,
     PARTIALLY_INVALID,
@@ -83,6 +84,7 @@ from agent.translate.status import (
     RESOLVED_REFS,
     Condition,
     GatewayStatus,
+    ListenerSetStatus,
     ObjectStatus,
     RouteParentStatus,
     RouteStatus,
@@ -170,15 +172,17 @@ def _translate(
                 gw, classes[gw.class_name], index, pools, hosts
             )
             pools_of[gw.meta.key] = pools or ()
+    listener_sets = attach_listener_sets(snapshot.listener_sets, gateways, index)
     assign_addresses(gateways.values(), pools_of, prior_addresses, hosts)
     claim_ports(list(gateways.values()))
     for state in gateways.values():
         state.settle()
     # Malformed Gateways of ours: routes naming them are told so (NoMatchingParent).
-    parents = dict(gateways)
+    parent_gateways = dict(gateways)
     for inv in snapshot.invalid:
         if inv.kind == "Gateway" and inv.gateway_class in classes:
-            parents.setdefault(inv.meta.key, invalid_gateway_state(inv))
+            parent_gateways.setdefault(inv.meta.key, invalid_gateway_state(inv))
+    parents = Parents(parent_gateways, listener_sets)
 
     resolver = BackendResolver(index)
     results: list[RouteResult] = []
@@ -198,6 +202,10 @@ def _translate(
 
     for state in gateways.values():
         statuses.append(_object_status("Gateway", state.gateway.meta, state.status()))
+    for ls_state in listener_sets.values():
+        statuses.append(
+            _object_status("ListenerSet", ls_state.listener_set.meta, ls_state.status())
+        )
 
     desired = _desired_state(gateways, results, _announce_settings(snapshot, configs))
     statuses.sort(key=lambda s: s.sort_key)
@@ -221,14 +229,14 @@ def _object_status(kind: str, meta: ObjectMeta, status: Status) -> ObjectStatus:
 
 def _evaluate_route(
     route: Route,
-    gateways: dict[Key, GatewayState],
+    parents: Parents,
     index: SnapshotIndex,
     resolver: BackendResolver,
 ) -> RouteResult:
     verdicts: list[ParentVerdict] = []
     for ref in route.parent_refs:
-        gateway = our_gateway(ref, route.meta.namespace, gateways)
-        if gateway is None:
+        target = parents.find(ref, route.meta.namespace)
+        if target is None:
             continue
         verdicts.append(
             evaluate_parent(
@@ -236,7 +244,7 @@ def _evaluate_route(
                 meta=route.meta,
                 hostnames=route.hostnames,
                 ref=ref,
-                gateway=gateway,
+                target=target,
                 index=index,
             )
         )
@@ -340,11 +348,20 @@ def _route_status(result: RouteResult, controller_name: str) -> RouteStatus:
 def _invalid_status(
     inv: InvalidObject,
     classes: dict[str, bool],
-    gateways: dict[Key, GatewayState],
+    parents: Parents,
     controller_name: str,
 ) -> ObjectStatus | None:
     """A malformed object of ours still gets a status that names the bad field."""
     gen = inv.meta.generation
+    if inv.kind == "ListenerSet":
+        if not inv.parent_refs or parents.find(inv.parent_refs[0], inv.meta.namespace) is None:
+            return None
+        msg = f"invalid ListenerSet: {inv.error}"
+        conds = (
+            Condition(ACCEPTED, False, R_INVALID, msg, gen),
+            Condition(PROGRAMMED, False, R_INVALID, msg, gen),
+        )
+        return _object_status("ListenerSet", inv.meta, ListenerSetStatus(conds, ()))
     if inv.kind == "Gateway":
         if inv.gateway_class not in classes:
             return None
@@ -363,22 +380,22 @@ def _invalid_status(
         )
     if inv.kind not in (HTTP_ROUTE, GRPC_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE):
         return None
-    parents = []
+    entries = []
     for ref in inv.parent_refs:
-        gateway = our_gateway(ref, inv.meta.namespace, gateways)
-        if gateway is None:
+        target = parents.find(ref, inv.meta.namespace)
+        if target is None:
             continue
         cond = Condition(
             ACCEPTED, False, R_UNSUPPORTED_VALUE, f"invalid {inv.kind}: {inv.error}", gen
         )
-        parents.append(
+        entries.append(
             RouteParentStatus(
-                parent_ref_status(ref, gateway.key.namespace), controller_name, (cond,)
+                parent_ref_status(ref, target.key.namespace), controller_name, (cond,)
             )
         )
-    if not parents:
+    if not entries:
         return None
-    return _object_status(inv.kind, inv.meta, RouteStatus(tuple(parents)))
+    return _object_status(inv.kind, inv.meta, RouteStatus(tuple(entries)))
 
 
 # -- desired state -------------------------------------------------------------------
@@ -457,7 +474,7 @@ def _desired_state(
             continue
         for vip in state.vips:
             users.setdefault(vip, []).append(str(key))
-        for ls in state.listeners:
+        for ls in (*state.listeners, *state.set_listeners):
             if not ls.programmable:
                 continue
             routes = sorted(attached.get(id(ls), []), key=lambda r: age_order(r[0].route.meta))
@@ -489,7 +506,7 @@ def _l4_frontends(
     source = FrontendSource(
         namespace=state.key.namespace,
         gateway=state.key.name,
-        listener=ls.listener.name,
+        listener=ls.metrics_name,
         route=str(winner.route.meta.key) if winner else "",
     )
     out = []
@@ -530,6 +547,7 @@ def _l7_listener(
     return L7Listener(
         gateway=str(state.key),
         listener=ls.listener.name,
+        listener_set=str(ls.listener_set) if ls.listener_set is not None else "",
         vips=state.vips,
         port=ls.listener.port,
         protocol=ls.listener.protocol,

@@ -17,6 +17,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "GatewayHTTPListenerIsolation",
             "GatewayPort8080",
             "GatewayStaticAddresses",
+            "ListenerSet",
             "ReferenceGrant",
             "TCPRoute",
             "UDPRoute",

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.core import EndpointSlice
@@ -54,6 +55,9 @@ from agent.translate.status import (
     ListenerStatus,
 )
 
+if TYPE_CHECKING:
+    from agent.translate.listenersets import ListenerSetState
+
 GATEWAY_API_VERSION = "v1.6.1"
 
 # Route kinds each listener protocol can carry (and carries by default).
@@ -81,6 +85,10 @@ def transport_of(protocol: str) -> str:
 class ListenerState:
     listener: Listener
     gateway: Key
+    # The ListenerSet that adds this listener to the Gateway; None for the
+    # Gateway's own.  Its namespace is the one allowedRoutes "Same" and
+    # certificate references are relative to.
+    listener_set: Key | None = None
     supported_kinds: tuple[GroupKind, ...] = ()
     # (reason, message) when the listener is not accepted / conflicted / unresolved.
     not_accepted: tuple[str, str] | None = None
@@ -92,6 +100,36 @@ class ListenerState:
     @property
     def tls_mode(self) -> str | None:
         return self.listener.tls.mode if self.listener.tls is not None else None
+
+    @property
+    def owner_kind(self) -> str:
+        return "Gateway" if self.listener_set is None else "ListenerSet"
+
+    @property
+    def owner_namespace(self) -> str:
+        return (self.listener_set or self.gateway).namespace
+
+    @property
+    def owner(self) -> str:
+        return f"{self.owner_kind} {self.listener_set or self.gateway}"
+
+    @property
+    def label(self) -> str:
+        """The listener as its Gateway's status and messages name it."""
+        prefix = f"ListenerSet {self.listener_set} " if self.listener_set is not None else ""
+        return f"{prefix}listener {self.listener.name}"
+
+    @property
+    def metrics_name(self) -> str:
+        """The `listener` label: "namespace/name/listener" for a ListenerSet's."""
+        if self.listener_set is None:
+            return self.listener.name
+        return f"{self.listener_set}/{self.listener.name}"
+
+    @property
+    def valid(self) -> bool:
+        """Accepted with every reference resolved."""
+        return self.accepted and self.unresolved is None
 
     @property
     def accepted(self) -> bool:
@@ -165,8 +203,13 @@ class GatewayState:
     # (reason, message) when the Gateway as a whole is not accepted / programmed.
     not_accepted: tuple[str, str] | None = None
     not_programmed: tuple[str, str] | None = None
+    # ListenerSets whose parentRef names this Gateway and which it allows, in
+    # the spec's order of precedence (see listenersets.py).
+    listener_sets: list[ListenerSetState] = field(default_factory=list)
     # Set by settle() once listener verdicts are final: routes ask for every parentRef.
     _accepted: bool | None = None
+
+    kind = "Gateway"
 
     @property
     def key(self) -> Key:
@@ -177,6 +220,11 @@ class GatewayState:
         if self._accepted is not None:
             return self._accepted
         return self.not_accepted is None and any(ls.accepted for ls in self.listeners)
+
+    @property
+    def set_listeners(self) -> list[ListenerState]:
+        """The listeners that attached ListenerSets add, after the Gateway's own."""
+        return [ls for s in self.listener_sets if s.attached for ls in s.listeners]
 
     def settle(self) -> None:
         """Listener verdicts are final (after claim_ports); remember the result."""
@@ -220,6 +268,7 @@ class GatewayState:
             addresses=self.vips if programmed else (),
             conditions=tuple(conds),
             listeners=tuple(ls.status(gen, programmed) for ls in self.listeners),
+            attached_listener_sets=sum(1 for s in self.listener_sets if s.accepted),
         )
 
 
@@ -488,6 +537,31 @@ def _mark_conflicts(listeners: list[ListenerState]) -> None:
                     )
 
 
+def listener_conflict(new: ListenerState, taken: Iterable[ListenerState]) -> tuple[str, str] | None:
+    """Why `new` cannot join listeners that already hold their ports (those
+    of a Gateway and of the ListenerSets before it): the spec's precedence
+    lets the earlier ones keep them."""
+    port, transport = new.listener.port, transport_of(new.listener.protocol)
+    for old in taken:
+        if old.listener.port != port or transport_of(old.listener.protocol) != transport:
+            continue
+        protocols = {old.listener.protocol, new.listener.protocol}
+        where = f"port {port}: {old.owner} listener {old.listener.name} ({old.listener.protocol})"
+        if "TCP" in protocols or transport == "udp":
+            return (R_PROTOCOL_CONFLICT, f"{where} holds this port whole")
+        if "HTTP" in protocols and len(protocols) > 1:
+            return (R_PROTOCOL_CONFLICT, f"{where}: HTTP cannot share a port with HTTPS or TLS")
+        if protocols == {"TLS"} and old.tls_mode != new.tls_mode:
+            return (
+                R_PROTOCOL_CONFLICT,
+                f"{where}: TLS listeners in Terminate and Passthrough mode cannot share a port",
+            )
+        if old.listener.hostname == new.listener.hostname:
+            shown = new.listener.hostname or "(no hostname)"
+            return (R_HOSTNAME_CONFLICT, f"{where} has hostname {shown} already")
+    return None
+
+
 # No \s* before the body: with the lazy body class it made matching quadratic.
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([A-Za-z0-9+/=\s]+?)-----END \1-----")
 
@@ -525,11 +599,11 @@ def check_key_pair(cert: bytes | None, key: bytes | None) -> str | None:
 
 def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
     assert ls.listener.tls is not None
-    gateway_ns = ls.gateway.namespace
+    owner_ns = ls.owner_namespace
     problems: list[tuple[str, str]] = []
     for i, ref in enumerate(ls.listener.tls.certificate_refs):
         where = f"tls.certificateRefs[{i}]"
-        namespace = ref.namespace or gateway_ns
+        namespace = ref.namespace or owner_ns
         if ref.group != CORE_GROUP or ref.kind != "Secret":
             problems.append(
                 (R_INVALID_CERTIFICATE_REF, f"{where}: unsupported kind {ref.kind}.{ref.group}")
@@ -538,8 +612,8 @@ def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
         if not reference_permitted(
             index,
             from_group=GATEWAY_GROUP,
-            from_kind="Gateway",
-            from_namespace=gateway_ns,
+            from_kind=ls.owner_kind,
+            from_namespace=owner_ns,
             to_group=CORE_GROUP,
             to_kind="Secret",
             to_namespace=namespace,
@@ -574,6 +648,23 @@ def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
         ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems))
 
 
+def judge_listener(ls: ListenerState, index: SnapshotIndex) -> None:
+    """A listener on its own: its protocol, route kinds and certificates."""
+    protocol = ls.listener.protocol
+    if (protocol, ls.tls_mode) not in ROUTE_KINDS_BY_PROTOCOL:
+        if protocol in L7_PROTOCOLS:
+            ls.not_accepted = (R_UNSUPPORTED_PROTOCOL, f"unsupported TLS mode for {protocol}")
+        else:
+            ls.not_accepted = (
+                R_UNSUPPORTED_PROTOCOL,
+                f"protocol {protocol!r} is not supported (supported: HTTP, HTTPS, TLS, TCP, UDP)",
+            )
+        return
+    _supported_kinds(ls)
+    if ls.needs_certificates:
+        _resolve_certificates(ls, index)
+
+
 def evaluate_gateway(
     gateway: Gateway,
     class_accepted: bool,
@@ -588,20 +679,7 @@ def evaluate_gateway(
         ],
     )
     for ls in state.listeners:
-        protocol = ls.listener.protocol
-        if (protocol, ls.tls_mode) not in ROUTE_KINDS_BY_PROTOCOL:
-            if protocol in L7_PROTOCOLS:
-                ls.not_accepted = (R_UNSUPPORTED_PROTOCOL, f"unsupported TLS mode for {protocol}")
-            else:
-                ls.not_accepted = (
-                    R_UNSUPPORTED_PROTOCOL,
-                    f"protocol {protocol!r} is not supported "
-                    "(supported: HTTP, HTTPS, TLS, TCP, UDP)",
-                )
-            continue
-        _supported_kinds(ls)
-        if ls.needs_certificates:
-            _resolve_certificates(ls, index)
+        judge_listener(ls, index)
     _mark_conflicts(state.listeners)
 
     if not class_accepted:
@@ -631,7 +709,7 @@ def claim_ports(states: list[GatewayState]) -> None:
     for state in sorted(states, key=lambda s: age_order(s.gateway.meta)):
         if not state.accepted or not state.vips:
             continue
-        for ls in state.listeners:
+        for ls in (*state.listeners, *state.set_listeners):
             if not ls.accepted:
                 continue
             transport = transport_of(ls.listener.protocol)
@@ -641,8 +719,8 @@ def claim_ports(states: list[GatewayState]) -> None:
                 ls.not_accepted = (
                     R_PORT_UNAVAILABLE,
                     f"{transport.upper()} port {ls.listener.port} is already used on this address "
-                    f"by Gateway {taken[0]} listener {taken[1]}",
+                    f"by Gateway {taken[0]} {taken[1]}",
                 )
                 continue
             for k in keys:
-                owners.setdefault(k, (state.key, ls.listener.name))
+                owners.setdefault(k, (state.key, ls.label))

@@ -5,7 +5,8 @@ status carries it, but in standalone mode nobody reads the status file, and in
 a cluster a misspelled field shows nowhere but in `kubectl get -o yaml`.  This
 module turns the StatusReport into one `Rejection` per refusing condition
 (`Accepted=False`, `ResolvedRefs=False`, `Programmed=False`, `Conflicted=True`)
-on a GatewayClass, a Gateway or one of its listeners, or a route's parentRef,
+on a GatewayClass, a Gateway, a ListenerSet or one of their listeners, or a
+route's parentRef,
 and one per malformed object of a kind that has no status (a Service,
 EndpointSlice or Secret: a route that uses it only sees no endpoints), with
 the manifest's FILE:LINE when there is one.  It also names GatewayClasses
@@ -29,6 +30,7 @@ from agent.translate.status import (
     Condition,
     GatewayClassStatus,
     GatewayStatus,
+    ListenerSetStatus,
     ParentRefStatus,
     RouteStatus,
     StatusReport,
@@ -84,6 +86,8 @@ def _sources(snapshot: Snapshot) -> dict[tuple[str, str, str], str]:
         out[("GatewayClass", "", gc.meta.name)] = gc.meta.source
     for gw in snapshot.gateways:
         out[("Gateway", gw.meta.namespace, gw.meta.name)] = gw.meta.source
+    for lset in snapshot.listener_sets:
+        out[("ListenerSet", lset.meta.namespace, lset.meta.name)] = lset.meta.source
     for http in snapshot.http_routes:
         out[(http.kind, http.meta.namespace, http.meta.name)] = http.meta.source
     for grpc in snapshot.grpc_routes:
@@ -105,7 +109,7 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
         status = obj.status
         if isinstance(status, GatewayClassStatus):
             parts.append(("", status.conditions))
-        elif isinstance(status, GatewayStatus):
+        elif isinstance(status, GatewayStatus | ListenerSetStatus):
             parts.append(("", status.conditions))
             parts += [(f"listener {ls.name}", ls.conditions) for ls in status.listeners]
         elif isinstance(status, RouteStatus):

@@ -43,6 +43,9 @@ R_NO_MATCHING_PARENT = "NoMatchingParent"
 R_UNSUPPORTED_VALUE = "UnsupportedValue"
 R_BACKEND_NOT_FOUND = "BackendNotFound"
 R_INVALID_KIND = "InvalidKind"
+# ListenerSet (apis/v1 listenerset_types.go)
+R_NOT_ALLOWED = "NotAllowed"
+R_PARENT_NOT_ACCEPTED = "ParentNotAccepted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +99,26 @@ class GatewayStatus:
     addresses: tuple[str, ...]
     conditions: tuple[Condition, ...]
     listeners: tuple[ListenerStatus, ...]
+    attached_listener_sets: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "addresses": [{"type": "IPAddress", "value": a} for a in self.addresses],
+            "conditions": [c.to_dict() for c in self.conditions],
+            "listeners": [listener.to_dict() for listener in self.listeners],
+            # Always written, 0 included: a merge patch that left it out would
+            # keep the count of ListenerSets that have since gone.
+            "attachedListenerSets": self.attached_listener_sets,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSetStatus:
+    conditions: tuple[Condition, ...]
+    listeners: tuple[ListenerStatus, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
             "conditions": [c.to_dict() for c in self.conditions],
             "listeners": [listener.to_dict() for listener in self.listeners],
         }
@@ -150,7 +169,7 @@ class RouteStatus:
         return {"parents": [p.to_dict() for p in self.parents]}
 
 
-Status = GatewayClassStatus | GatewayStatus | RouteStatus
+Status = GatewayClassStatus | GatewayStatus | ListenerSetStatus | RouteStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +197,7 @@ class ObjectStatus:
         }
 
 
-_KIND_ORDER = {"GatewayClass": 0, "Gateway": 1}
+_KIND_ORDER = {"GatewayClass": 0, "Gateway": 1, "ListenerSet": 2}
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,34 @@ def gateway(
     }
 
 
+def listener_set(
+    name: str = "ls",
+    *listeners: Doc,
+    namespace: str = NS,
+    gateway: str = "gw",
+    gateway_namespace: str | None = None,
+    created: str | None = None,
+    generation: int | None = None,
+) -> Doc:
+    ref: Doc = {"name": gateway}
+    if gateway_namespace is not None:
+        ref["namespace"] = gateway_namespace
+    return {
+        "apiVersion": V1,
+        "kind": "ListenerSet",
+        "metadata": _meta(name, namespace, created=created, generation=generation),
+        "spec": {"parentRef": ref, "listeners": list(listeners)},
+    }
+
+
+def allow_listener_sets(from_: str = "Same", selector: Doc | None = None) -> Doc:
+    """A Gateway spec fragment: spec.allowedListeners."""
+    namespaces: Doc = {"from": from_}
+    if selector is not None:
+        namespaces["selector"] = selector
+    return {"allowedListeners": {"namespaces": namespaces}}
+
+
 def parent(
     name: str = "gw",
     *,

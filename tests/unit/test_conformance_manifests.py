@@ -1273,10 +1273,11 @@ def test_every_route_parent_of_ours_names_group_kind_namespace_and_controller() 
     for test_file in ALL_FILES:
         tr = load(test_file)
         for obj in tr.status.objects:
-            if obj.kind in ("GatewayClass", "Gateway"):
+            if obj.kind in ("GatewayClass", "Gateway", "ListenerSet"):
                 continue
             for p in obj.to_dict()["status"]["parents"]:
                 ref = p["parentRef"]
-                assert ref["group"] == GW_GROUP and ref["kind"] == "Gateway", (test_file, ref)
+                assert ref["group"] == GW_GROUP, (test_file, ref)
+                assert ref["kind"] in ("Gateway", "ListenerSet"), (test_file, ref)
                 assert ref.get("namespace"), (test_file, obj.name, ref)
                 assert p["controllerName"] == CONTROLLER
