@@ -631,3 +631,63 @@ def test_http_route_beside_l4_listeners_on_one_vip(lab: Lab, agent: AgentProcess
     write(agent.manifests / "web.yaml", http_route_yaml().replace("value: /api", "value: /v2"))
     wait_for(lambda: lab.call(lab.client, routed, "/v2/x") == (200, "be1"), timeout=10)
     assert lab.call(lab.client, routed, "/api/x") == (200, "be2")
+
+
+def test_listener_set_l4_listeners_carry_traffic_on_the_gateway_vip(
+    lab: Lab, agent: AgentProcess
+) -> None:
+    """A ListenerSet's TCP and UDP listeners are kernel frontends on its
+    Gateway's VIP; removing the ListenerSet removes them."""
+    gateway = gateway_yaml(L4_LISTENERS).replace(
+        "  listeners:\n", "  allowedListeners: {namespaces: {from: Same}}\n  listeners:\n"
+    )
+    write(agent.manifests / "gateway.yaml", gateway)
+    write(agent.manifests / "blue.yaml", service_yaml("blue", {lab.backends[0].ip4: "ready"}))
+    write(agent.manifests / "green.yaml", service_yaml("green", {lab.backends[1].ip4: "ready"}))
+    write(
+        agent.manifests / "team.yaml",
+        textwrap.dedent(
+            """\
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: ListenerSet
+            metadata: {name: team, namespace: default}
+            spec:
+              parentRef: {name: demo}
+              listeners:
+              - {name: db, protocol: TCP, port: 5432}
+              - {name: dns, protocol: UDP, port: 5353}
+              - {name: clash, protocol: TCP, port: 80}
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: TCPRoute
+            metadata: {name: db, namespace: default}
+            spec:
+              parentRefs: [{kind: ListenerSet, name: team, sectionName: db}]
+              rules: [{backendRefs: [{name: green, port: 80}]}]
+            ---
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: UDPRoute
+            metadata: {name: dns, namespace: default}
+            spec:
+              parentRefs: [{kind: ListenerSet, name: team, sectionName: dns}]
+              rules: [{backendRefs: [{name: green, port: 80}]}]
+            """
+        ),
+    )
+    write(agent.manifests / "tcp.yaml", route_yaml("TCPRoute", "tcp", "tcp", {"blue": 1}))
+    agent.start()
+    assert lab.call(lab.client, tcp_many, VIP, 5432, 20) == Counter({"be2": 20})
+    assert lab.call(lab.client, udp_ask, VIP, 5353) == "be2"
+    # The Gateway's own TCP listener on port 80 keeps its port.
+    assert lab.call(lab.client, tcp_many, VIP, 80, 20) == Counter({"be1": 20})
+
+    st = frontend_status(agent, "ListenerSet", "team")
+    assert condition(st["conditions"], "Accepted") == ("True", "ListenersNotValid")
+    clash = next(ls for ls in st["listeners"] if ls["name"] == "clash")
+    assert condition(clash["conditions"], "Conflicted") == ("True", "ProtocolConflict")
+    assert frontend_status(agent, "Gateway", "demo")["attachedListenerSets"] == 1
+    assert 'listener="default/team/db"' in agent.metrics()
+
+    (agent.manifests / "team.yaml").unlink()
+    wait_for(lambda: lab.call(lab.client, tcp_ask, VIP, 5432) == "refused", 10)
+    assert lab.call(lab.client, tcp_ask, VIP, 80) == "be1"
