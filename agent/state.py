@@ -74,6 +74,18 @@ class L4Frontend:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTLS:
+    """TLS from the proxy to a Service's endpoints (a BackendTLSPolicy)."""
+
+    policy: str  # namespace/name
+    # Sent as SNI, and the name the certificate must carry (HAProxy verifies
+    # the SNI it sent: the two cannot differ).
+    hostname: str
+    # PEM bundle of trusted CAs; None: the system's trust store.
+    ca_pem: bytes | None = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceBackend:
     """One backendRef of an L7 rule resolved to its ready endpoints."""
 
@@ -82,6 +94,7 @@ class ServiceBackend:
     endpoints: tuple[Backend, ...]
     app_protocol: str | None = None
     filters: tuple[RouteFilter, ...] = ()
+    tls: BackendTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,12 @@
 """Status writers: the StatusReport back to where the objects came from.
 
 - FileStatusWriter (standalone): the `translate` document, written atomically.
-- KubeStatusWriter: the status subresource of each GatewayClass, Gateway and
-  route, patched only when it changed (no write storms), with optimistic
-  concurrency (resourceVersion) and a retry on conflict.  Conditions keep
-  their lastTransitionTime while their status stays the same; route parents
-  written by other controllers are kept as they are.  Only the Lease holder
+- KubeStatusWriter: the status subresource of each GatewayClass, Gateway,
+  ListenerSet, route and BackendTLSPolicy, patched only when it changed (no
+  write storms), with optimistic concurrency (resourceVersion) and a retry on
+  conflict.  Conditions keep their lastTransitionTime while their status
+  stays the same; route parents and policy ancestors written by other
+  controllers are kept as they are.  Only the Lease holder
   writes (see election.py); every agent still programs its own node.
 """
 
@@ -32,6 +33,11 @@ from agent.translate.status import Status
 log = logging.getLogger(__name__)
 
 ROUTE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"})
+# Kinds whose status is a list shared between controllers: (list, reference field).
+SHARED_STATUS: dict[str, tuple[str, str]] = {
+    **{kind: ("parents", "parentRef") for kind in ROUTE_KINDS},
+    "BackendTLSPolicy": ("ancestors", "ancestorRef"),
+}
 
 
 class StatusWriter(Protocol):
@@ -113,23 +119,24 @@ def merge_status(
 ) -> dict[str, Any]:
     old = old or {}
     merged = dict(new)
-    if kind in ROUTE_KINDS:
-        old_parents = [p for p in old.get("parents") or [] if isinstance(p, dict)]
+    if kind in SHARED_STATUS:
+        entries, ref_field = SHARED_STATUS[kind]
+        old_entries = [p for p in old.get(entries) or [] if isinstance(p, dict)]
         mine_before = {
-            _parent_key(p.get("parentRef") or {}): p
-            for p in old_parents
+            _parent_key(p.get(ref_field) or {}): p
+            for p in old_entries
             if p.get("controllerName") == controller
         }
-        others = [p for p in old_parents if p.get("controllerName") != controller]
+        others = [p for p in old_entries if p.get("controllerName") != controller]
         mine = []
-        for parent in new.get("parents") or []:
-            before = mine_before.get(_parent_key(parent["parentRef"]))
-            stamped = dict(parent)
+        for entry in new.get(entries) or []:
+            before = mine_before.get(_parent_key(entry[ref_field]))
+            stamped = dict(entry)
             stamped["conditions"] = _stamp(
-                parent["conditions"], (before or {}).get("conditions"), now
+                entry["conditions"], (before or {}).get("conditions"), now
             )
             mine.append(stamped)
-        merged["parents"] = others + mine
+        merged[entries] = others + mine
         return merged
     merged["conditions"] = _stamp(new.get("conditions") or [], old.get("conditions"), now)
     if kind in ("Gateway", "ListenerSet"):
@@ -199,10 +206,11 @@ class KubeStatusWriter:
                 continue
             wanted[key] = o.status.to_dict()
             computed[key] = o.status
-        # Routes that no longer name any Gateway of ours lose our parents entries.
+        # Routes that no longer name any Gateway of ours lose our parents
+        # entries; policies no Gateway of ours uses, our ancestors entries.
         for key, ref in refs.items():
-            if key[0] in ROUTE_KINDS and key not in ours and self._has_our_parents(ref):
-                wanted[key] = {"parents": []}
+            if key[0] in SHARED_STATUS and key not in ours and self._has_our_entries(ref):
+                wanted[key] = {SHARED_STATUS[key[0]][0]: []}
         now = rfc3339(self._clock())
         started = time.monotonic()
         jobs = [
@@ -245,10 +253,10 @@ class KubeStatusWriter:
             )
             return None
 
-    def _has_our_parents(self, ref: ObjectRef) -> bool:
-        parents = (ref.status or {}).get("parents") or []
+    def _has_our_entries(self, ref: ObjectRef) -> bool:
+        entries = (ref.status or {}).get(SHARED_STATUS[ref.resource.kind][0]) or []
         return any(
-            isinstance(p, dict) and p.get("controllerName") == self._controller for p in parents
+            isinstance(p, dict) and p.get("controllerName") == self._controller for p in entries
         )
 
     def _patch(self, key: Key, ref: ObjectRef, new: dict[str, Any], now: str) -> str | None:

@@ -1,4 +1,5 @@
-"""Core Kubernetes kinds the agent reads: Namespace, Service, EndpointSlice, Secret.
+"""Core Kubernetes kinds the agent reads: Namespace, Service, EndpointSlice,
+Secret and ConfigMap.
 
 Only the fields that decide where traffic goes are kept.
 """
@@ -85,6 +86,17 @@ class Secret:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigMap:
+    """Only `ca.crt` is kept: ConfigMaps are read for the CA bundles that
+    BackendTLSPolicies name, and the rest (often large, sometimes a private
+    key) is dropped as it is parsed."""
+
+    meta: ObjectMeta
+    ca_certificate: str | None
+
+
+CA_CERTIFICATE_KEY = "ca.crt"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
@@ -199,3 +211,9 @@ def parse_secret(doc: Fields, meta: ObjectMeta) -> Secret:
         type=doc.string("type", "Opaque", max_len=253),
         data=tuple(sorted(values.items())),
     )
+
+
+def parse_config_map(doc: Fields, meta: ObjectMeta) -> ConfigMap:
+    data = doc.opt_obj("data")
+    ca = data.opt_string(CA_CERTIFICATE_KEY, max_len=1 << 20) if data is not None else None
+    return ConfigMap(meta=meta, ca_certificate=ca)

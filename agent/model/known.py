@@ -127,6 +127,7 @@ CORE_TREES: Final[dict[tuple[str, str], dict[str, Tree]]] = {
     ),
     ("Namespace", "v1"): _root(spec=_obj("finalizers"), status=ANY),
     ("Secret", "v1"): _root(data=ANY, stringData=ANY, type=LEAF, immutable=LEAF),
+    ("ConfigMap", "v1"): _root(data=ANY, binaryData=ANY, immutable=LEAF),
 }
 
 
@@ -327,7 +328,7 @@ def unknown_kind_problem(
     the Gateway API's groups and ours every other kind is named: a real kind the
     agent does not implement, or an unknown one (with a hint).  In any other
     group only a near-miss of a kind or group the agent reads is: Deployments
-    and ConfigMaps are simply not ours to read.
+    and Pods are simply not ours to read.
     """
     group = api_version.rpartition("/")[0]
     read_group = reads[kind][0] if kind in reads else None

@@ -23,10 +23,12 @@ from typing import Any
 from agent.gcpause import gc_paused
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, GatewayLBConfig, parse_config
 from agent.model.core import (
+    ConfigMap,
     EndpointSlice,
     Namespace,
     Secret,
     Service,
+    parse_config_map,
     parse_endpoint_slice,
     parse_namespace,
     parse_secret,
@@ -46,6 +48,7 @@ from agent.model.gateway import (
 )
 from agent.model.known import unknown_fields, unknown_kind_problem
 from agent.model.meta import GATEWAY_GROUP, ObjectMeta, parse_meta
+from agent.model.policy import BackendTLSPolicy, parse_backend_tls_policy
 from agent.model.routes import (
     GRPC_ROUTE,
     HTTP_ROUTE,
@@ -68,12 +71,14 @@ SERVED_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "HTTPRoute": (GATEWAY_GROUP, ("v1", "v1beta1")),
     "GRPCRoute": (GATEWAY_GROUP, ("v1",)),
     "ReferenceGrant": (GATEWAY_GROUP, ("v1", "v1beta1")),
+    "BackendTLSPolicy": (GATEWAY_GROUP, ("v1",)),
     "TCPRoute": (GATEWAY_GROUP, ("v1", "v1alpha2")),
     "UDPRoute": (GATEWAY_GROUP, ("v1", "v1alpha2")),
     "TLSRoute": (GATEWAY_GROUP, ("v1", "v1alpha3", "v1alpha2")),
     "Service": ("", ("v1",)),
     "Namespace": ("", ("v1",)),
     "Secret": ("", ("v1",)),
+    "ConfigMap": ("", ("v1",)),
     "EndpointSlice": ("discovery.k8s.io", ("v1",)),
     CONFIG_KIND: (CONFIG_GROUP, ("v1alpha1",)),
 }
@@ -114,10 +119,12 @@ Parsed = (
     | GRPCRoute
     | L4Route
     | ReferenceGrant
+    | BackendTLSPolicy
     | Service
     | EndpointSlice
     | Namespace
     | Secret
+    | ConfigMap
     | GatewayLBConfig
     | InvalidObject
 )
@@ -132,10 +139,12 @@ class Snapshot:
     grpc_routes: tuple[GRPCRoute, ...] = ()
     l4_routes: tuple[L4Route, ...] = ()
     reference_grants: tuple[ReferenceGrant, ...] = ()
+    backend_tls_policies: tuple[BackendTLSPolicy, ...] = ()
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     namespaces: tuple[Namespace, ...] = ()
     secrets: tuple[Secret, ...] = ()
+    config_maps: tuple[ConfigMap, ...] = ()
     configs: tuple[GatewayLBConfig, ...] = ()
     invalid: tuple[InvalidObject, ...] = ()
     problems: tuple[LoadProblem, ...] = ()
@@ -150,9 +159,11 @@ _SPEC_PARSERS: dict[str, Callable[[Fields, ObjectMeta], Any]] = {
     "HTTPRoute": parse_http_route,
     "GRPCRoute": parse_grpc_route,
     "ReferenceGrant": parse_reference_grant,
+    "BackendTLSPolicy": parse_backend_tls_policy,
     "Service": parse_service,
     "Namespace": parse_namespace,
     "Secret": parse_secret,
+    "ConfigMap": parse_config_map,
     "EndpointSlice": parse_endpoint_slice,
     CONFIG_KIND: parse_config,
 }
@@ -343,10 +354,12 @@ class SnapshotBuilder:
             grpc_routes=of(GRPCRoute),
             l4_routes=of(L4Route),
             reference_grants=of(ReferenceGrant),
+            backend_tls_policies=of(BackendTLSPolicy),
             services=of(Service),
             endpoint_slices=of(EndpointSlice),
             namespaces=of(Namespace),
             secrets=of(Secret),
+            config_maps=of(ConfigMap),
             configs=of(GatewayLBConfig),
             invalid=of(InvalidObject),
             problems=tuple(self._problems),

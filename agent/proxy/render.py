@@ -51,12 +51,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.logs import one_line
-from agent.model.routes import HeaderModifier, PathModifier, Retry, RouteFilter
+from agent.model.routes import CORSPolicy, HeaderModifier, PathModifier, Retry, RouteFilter
 from agent.proxy import escape
 from agent.proxy.escape import Unrepresentable, word
 from agent.state import (
     Backend,
     BackendSet,
+    BackendTLS,
     HTTPMatch,
     HTTPRouteEntry,
     L7Listener,
@@ -67,7 +68,7 @@ from agent.state import (
 
 H2C = "kubernetes.io/h2c"
 SUPPORTED_FILTERS = frozenset(
-    {"RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"}
+    {"RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "CORS"}
 )
 STATS_SOCKET = "stats.sock"
 HEALTH_SOCKET = "health.sock"
@@ -296,6 +297,7 @@ class _BackendKey:
     filters: tuple[RouteFilter, ...]
     timeout_ms: int | None
     retry: Retry | None = None
+    tls: BackendTLS | None = None
 
 
 @dataclass
@@ -718,7 +720,12 @@ class _Renderer:
         retry: Retry | None = None,
     ) -> _BackendKey:
         ident = self._endpoints_id(svc.endpoints)
-        return _BackendKey(mode, svc.name, svc.endpoints, ident, h2, filters, timeout_ms, retry)
+        # Only HTTP is re-encrypted: a tcp-mode backend carries the client's
+        # own stream (TLS passthrough) or one a TCPRoute asked for as it is.
+        tls = svc.tls if mode == "http" else None
+        return _BackendKey(
+            mode, svc.name, svc.endpoints, ident, h2, filters, timeout_ms, retry, tls
+        )
 
     def _endpoints_id(self, endpoints: tuple[Backend, ...]) -> int:
         """A number standing for `endpoints` in this render: the tuple is hashed
@@ -732,21 +739,41 @@ class _Renderer:
     def backend_name(self, key: _BackendKey) -> str:
         name = self.backend_names.get(key)
         if name is None:
-            parts = (
+            parts: tuple[object, ...] = (
                 key.mode, key.service, key.endpoints, key.h2, key.filters, key.timeout_ms,
                 key.retry,
             )  # fmt: skip
+            if key.tls is not None:
+                # Not the BackendTLS itself: its repr leaves out the CA bundle.
+                tls = key.tls
+                ca = hashlib.sha256(tls.ca_pem).hexdigest() if tls.ca_pem is not None else None
+                parts += (tls.policy, tls.hostname, ca)
             name = self.backend_names[key] = f"be_{_safe_name(key.service)}_{_short_hash(*parts)}"
         return name
 
     def backend(self, key: _BackendKey) -> str:
         """The name of the backend section for `key` (written once)."""
         if key not in self.backends:
-            self.backends[key] = _backend_section(self.backend_name(key), key)
+            tls = self._server_tls(key.tls, key.h2) if key.tls is not None else ""
+            self.backends[key] = _backend_section(self.backend_name(key), key, tls)
         return self.backend_name(key)
 
+    def _server_tls(self, tls: BackendTLS, h2: bool) -> str:
+        """Server options for a BackendTLSPolicy: send its hostname as SNI and
+        verify the chain against its CAs and the certificate's names against
+        that hostname."""
+        if tls.ca_pem is None:
+            ca = "@system-ca"
+        else:
+            path = f"{CERT_DIR}/ca-{hashlib.sha256(tls.ca_pem).hexdigest()[:16]}.pem"
+            self.files[path] = tls.ca_pem
+            ca = f"{self.run_dir}/{path}"
+        host = escape.hostname(tls.hostname, wildcard=False)
+        alpn = " alpn h2" if h2 else ""
+        return f" ssl verify required ca-file {word(ca)} sni str({host}) verifyhost {host}{alpn}"
 
-def _backend_section(name: str, key: _BackendKey) -> _Section:
+
+def _backend_section(name: str, key: _BackendKey, server_tls: str = "") -> _Section:
     section = _Section(f"backend {name}")
     section.add(f"mode {key.mode}")
     section.add("balance roundrobin")
@@ -770,7 +797,7 @@ def _backend_section(name: str, key: _BackendKey) -> _Section:
     proto = " proto h2" if key.h2 else ""
     for i, ep in enumerate(key.endpoints):
         weight = max(0, min(ep.weight, 256))
-        section.add(f"server s{i} {_addr(ep.ip, ep.port)} weight {weight}{proto}")
+        section.add(f"server s{i} {_addr(ep.ip, ep.port)} weight {weight}{proto}{server_tls}")
     return section
 
 
@@ -970,6 +997,8 @@ class _EntryWriter:
             elif flt.request_redirect is not None:
                 out.extend(self._redirect(flt, cond))
                 redirected = True
+            elif flt.cors is not None:
+                out.extend(_cors_lines(flt.cors, cond))
         for svc in entry.backends.services:
             self.r.check_endpoints(svc)
             for flt in svc.filters:
@@ -1104,6 +1133,74 @@ def _path_criterion(m: HTTPMatch) -> str | None:
     if m.path_type == "RegularExpression":
         return f"path -m reg -- {word(escape.anchored_regex(m.path))}"
     raise Unrepresentable(f"path match type {m.path_type!r} is not supported")
+
+
+def _cors_origin_pattern(origin: str) -> str:
+    """One allowOrigins entry as PCRE: `*` any origin; `*.` before a host any
+    number of labels; a host of `*` any host."""
+    if origin == "*":
+        return ".+"
+    scheme, _, rest = origin.partition("://")
+    host, colon, port = rest.partition(":")
+    if host == "*":
+        host_re = r"[A-Za-z0-9.-]+"
+    elif host.startswith("*."):
+        host_re = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\." + escape.regex_literal(host[2:])
+    else:
+        host_re = escape.regex_literal(host)
+    port_re = ":" + escape.regex_literal(port) if colon else ""
+    return escape.regex_literal(scheme + "://") + host_re + port_re
+
+
+def _cors_lines(cors: CORSPolicy, cond: str) -> list[str]:
+    """The CORS filter: a preflight from an allowed origin is answered here
+    (204, never forwarded); other requests from one are forwarded and their
+    response carries the allow-origin, credentials and expose headers.  The
+    allowed origin is echoed back, never `*`, so that credentials can be
+    allowed and caches told (Vary: Origin)."""
+    patterns = "|".join(_cors_origin_pattern(o) for o in cors.allow_origins)
+    origin_ok = _anon(f"req.fhdr(origin) -m reg -i -- {word(f'^(?:{patterns})$')}")
+    preflight = (
+        f"{cond} {_anon('method -m str -- OPTIONS')} "
+        f"{_anon('req.fhdr(access-control-request-method) -m found')} {origin_ok}"
+    )
+    # "*" cannot be combined with credentials (browsers refuse it): the
+    # requested method and headers are echoed instead.  Values are words of
+    # log-format: the echoes are sample expressions, the rest literal text.
+    echo = cors.allow_credentials
+
+    def literal(*values: str) -> str:
+        return escape.logformat(", ".join(values))
+
+    headers = [("access-control-allow-origin", word("%[req.fhdr(origin)]"))]
+    if cors.allow_credentials:
+        headers.append(("access-control-allow-credentials", literal("true")))
+    if cors.allow_methods == ("*",):
+        method = word("%[req.fhdr(access-control-request-method)]") if echo else literal("*")
+        headers.append(("access-control-allow-methods", method))
+    elif cors.allow_methods:
+        headers.append(("access-control-allow-methods", literal(*cors.allow_methods)))
+    if cors.allow_headers == ("*",):
+        asked = word("%[req.fhdr(access-control-request-headers)]") if echo else literal("*")
+        headers.append(("access-control-allow-headers", asked))
+    elif cors.allow_headers:
+        headers.append(("access-control-allow-headers", literal(*cors.allow_headers)))
+    if cors.expose_headers:
+        headers.append(("access-control-expose-headers", literal(*cors.expose_headers)))
+    headers.append(("access-control-max-age", literal(str(int(cors.max_age)))))
+    headers.append(("vary", literal("Origin")))
+    answer = "".join(f" hdr {name} {value}" for name, value in headers)
+    out = [f"http-request return status 204{answer}{preflight}"]
+    out.append(f"http-request set-var(txn.cors) req.fhdr(origin){cond} {origin_ok}")
+    found = f"{cond} {_anon('var(txn.cors) -m found')}"
+    out.append(f"http-response set-header access-control-allow-origin %[var(txn.cors)]{found}")
+    if cors.allow_credentials:
+        out.append(f"http-response set-header access-control-allow-credentials true{found}")
+    if cors.expose_headers:
+        exposed = escape.logformat(", ".join(cors.expose_headers))
+        out.append(f"http-response set-header access-control-expose-headers {exposed}{found}")
+    out.append(f"http-response add-header vary Origin{found}")
+    return out
 
 
 def _string_criterion(kind: str, value: str) -> str:

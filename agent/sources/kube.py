@@ -43,16 +43,18 @@ RESOURCES: tuple[ApiResource, ...] = (
     ApiResource("TCPRoute", GW, "v1", "tcproutes", namespaced=True),
     ApiResource("UDPRoute", GW, "v1", "udproutes", namespaced=True),
     ApiResource("ReferenceGrant", GW, "v1", "referencegrants", namespaced=True),
+    ApiResource("BackendTLSPolicy", GW, "v1", "backendtlspolicies", namespaced=True),
     ApiResource("Service", "", "v1", "services", namespaced=True),
     ApiResource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", namespaced=True),
     ApiResource("Namespace", "", "v1", "namespaces", namespaced=False),
     ApiResource("Secret", "", "v1", "secrets", namespaced=True),
+    ApiResource("ConfigMap", "", "v1", "configmaps", namespaced=True),
     ApiResource(CONFIG_KIND, CONFIG_GROUP, "v1alpha1", "gatewaylbconfigs", namespaced=False),
 )
 # Kinds whose CRD may not be installed: a cluster without gatewaylb's own CRD
 # still runs (its GatewayClasses just cannot name parameters), and so does one
-# with Gateway API CRDs older than ListenerSet's (v1.5).
-OPTIONAL_KINDS = frozenset({CONFIG_KIND, "ListenerSet"})
+# with Gateway API CRDs older than ListenerSet's and BackendTLSPolicy's v1 (v1.5).
+OPTIONAL_KINDS = frozenset({CONFIG_KIND, "ListenerSet", "BackendTLSPolicy"})
 OPTIONAL_RETRY_SECONDS = 30.0
 # Only TLS Secrets can be certificateRefs; the rest are none of the agent's business.
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
@@ -66,6 +68,7 @@ STATUS_KINDS = frozenset(
         "TLSRoute",
         "TCPRoute",
         "UDPRoute",
+        "BackendTLSPolicy",
     }
 )
 

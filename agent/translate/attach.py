@@ -59,6 +59,7 @@ class Parents:
 @dataclass(frozen=True, slots=True)
 class ParentVerdict:
     parent: ParentRefStatus
+    gateway: Key  # the Gateway whose addresses the attachments are on
     attachments: tuple[Attachment, ...]
     # (reason, message) when not accepted.
     rejection: tuple[str, str] | None
@@ -101,7 +102,7 @@ def evaluate_parent(
     name = f"{target.kind} {target.key}"
 
     def reject(reason: str, message: str) -> ParentVerdict:
-        return ParentVerdict(parent, (), (reason, message))
+        return ParentVerdict(parent, target.gateway_key, (), (reason, message))
 
     if not target.accepted:
         return reject(R_NO_MATCHING_PARENT, f"{name} is not accepted")
@@ -148,4 +149,4 @@ def evaluate_parent(
             R_NO_MATCHING_LISTENER_HOSTNAME,
             f"no hostname of the route intersects a listener hostname of {name}",
         )
-    return ParentVerdict(parent, tuple(attachments), None)
+    return ParentVerdict(parent, target.gateway_key, tuple(attachments), None)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, Key
 from agent.model.routes import UDP_ROUTE, BackendObjectReference, RouteFilter
-from agent.state import Backend, BackendSet, ServiceBackend
+from agent.state import Backend, BackendSet, BackendTLS, ServiceBackend
+from agent.translate.backendtls import BackendTLSPolicies
 from agent.translate.index import SnapshotIndex
 from agent.translate.refs import reference_permitted
 from agent.translate.status import R_BACKEND_NOT_FOUND, R_INVALID_KIND, R_REF_NOT_PERMITTED
@@ -37,6 +38,11 @@ class ResolvedService:
     name: str
     endpoints: tuple[tuple[str, int, bool], ...]
     app_protocol: str | None
+    service: Key
+    # A BackendTLSPolicy's TLS for this port; `tls_refused` says why its
+    # policy cannot be honoured, and the port is then not reached at all.
+    tls: BackendTLS | None = None
+    tls_refused: str | None = None
 
 
 Resolution = ResolvedService | RefError
@@ -45,8 +51,9 @@ Resolution = ResolvedService | RefError
 class BackendResolver:
     """Resolves backendRefs against one snapshot; memoizes per Service port."""
 
-    def __init__(self, index: SnapshotIndex) -> None:
+    def __init__(self, index: SnapshotIndex, tls: BackendTLSPolicies | None = None) -> None:
         self._index = index
+        self._tls = tls
         self._services: dict[tuple[Key, int, str], Resolution] = {}
 
     def resolve(
@@ -124,8 +131,14 @@ class BackendResolver:
                     # rewritten) counts once, ready if any copy is ready.
                     seen[k] = seen.get(k, True) and serving_only
         endpoints = tuple(sorted((ip, p, so) for (ip, p), so in seen.items()))
+        policy = self._tls.for_port(key, service_port.name) if self._tls is not None else None
         return ResolvedService(
-            name=f"{key}:{port}", endpoints=endpoints, app_protocol=service_port.app_protocol
+            name=f"{key}:{port}",
+            endpoints=endpoints,
+            app_protocol=service_port.app_protocol,
+            service=key,
+            tls=policy.tls if policy is not None else None,
+            tls_refused=policy.refused if policy is not None else None,
         )
 
 
@@ -217,7 +230,7 @@ def l7_backends(refs: list[WeightedResolution], family: int | None = None) -> Ba
     invalid = 0
     for item in refs:
         res = item.resolution
-        if isinstance(res, RefError):
+        if isinstance(res, RefError) or res.tls_refused is not None:
             invalid += item.weight
             continue
         endpoints = tuple(
@@ -226,6 +239,8 @@ def l7_backends(refs: list[WeightedResolution], family: int | None = None) -> Ba
             if family is None or family_of(ip) == family
         )
         services.append(
-            ServiceBackend(res.name, item.weight, endpoints, res.app_protocol, item.filters)
+            ServiceBackend(
+                res.name, item.weight, endpoints, res.app_protocol, item.filters, res.tls
+            )
         )
     return BackendSet(tuple(services), invalid)

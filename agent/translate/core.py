@@ -52,10 +52,12 @@ from agent.translate.attach import Parents, ParentVerdict, evaluate_parent, pare
 from agent.translate.backends import (
     BackendResolver,
     RefError,
+    ResolvedService,
     WeightedResolution,
     l4_backends,
     l7_backends,
 )
+from agent.translate.backendtls import BackendTLSPolicies
 from agent.translate.features import RETRY_CODES, SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
 from agent.translate.gateways import (
     L4_PROTOCOLS,
@@ -184,7 +186,8 @@ def _translate(
             parent_gateways.setdefault(inv.meta.key, invalid_gateway_state(inv))
     parents = Parents(parent_gateways, listener_sets)
 
-    resolver = BackendResolver(index)
+    tls_policies = BackendTLSPolicies(snapshot.backend_tls_policies, index)
+    resolver = BackendResolver(index, tls_policies)
     results: list[RouteResult] = []
     routes: list[Route] = [*snapshot.http_routes, *snapshot.grpc_routes, *snapshot.l4_routes]
     for route in routes:
@@ -206,6 +209,14 @@ def _translate(
         statuses.append(
             _object_status("ListenerSet", ls_state.listener_set.meta, ls_state.status())
         )
+    _policy_ancestors(results, tls_policies)
+    for verdict in tls_policies.verdicts.values():
+        if verdict.ancestors:
+            statuses.append(
+                _object_status(
+                    "BackendTLSPolicy", verdict.policy.meta, verdict.status(controller_name)
+                )
+            )
 
     desired = _desired_state(gateways, results, _announce_settings(snapshot, configs))
     statuses.sort(key=lambda s: s.sort_key)
@@ -287,6 +298,24 @@ def _evaluate_route(
                     seen.add(id(att.listener))
                     att.listener.attached_routes += 1
     return result
+
+
+def _policy_ancestors(results: list[RouteResult], policies: BackendTLSPolicies) -> None:
+    """The Gateways under which each BackendTLSPolicy reports: those whose
+    HTTP and gRPC routes reach a Service it targets."""
+    for result in results:
+        if not isinstance(result.route, HTTPRoute | GRPCRoute):
+            continue
+        gateways = {v.gateway for v in result.verdicts if v.rejection is None}
+        services = {
+            w.resolution.service
+            for refs in result.rules.values()
+            for w in refs
+            if isinstance(w.resolution, ResolvedService)
+        }
+        for service in services:
+            for gateway in gateways:
+                policies.used_by(service, gateway)
 
 
 def _unsupported(route: HTTPRoute | GRPCRoute, i: int) -> str | None:

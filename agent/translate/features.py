@@ -12,6 +12,7 @@ from __future__ import annotations
 SUPPORTED_FEATURES: tuple[str, ...] = tuple(
     sorted(
         {
+            "BackendTLSPolicy",
             "Gateway",
             "GatewayAddressEmpty",
             "GatewayHTTPListenerIsolation",

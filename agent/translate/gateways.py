@@ -216,6 +216,10 @@ class GatewayState:
         return self.gateway.meta.key
 
     @property
+    def gateway_key(self) -> Key:
+        return self.key
+
+    @property
     def accepted(self) -> bool:
         if self._accepted is not None:
             return self._accepted

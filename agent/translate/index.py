@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.model.core import EndpointSlice, Namespace, Secret, Service
+from agent.model.core import ConfigMap, EndpointSlice, Namespace, Secret, Service
 from agent.model.gateway import Gateway, GatewayClass, ReferenceGrant
 from agent.model.meta import Key
 from agent.model.snapshot import Snapshot
@@ -19,6 +19,7 @@ class SnapshotIndex:
     slices: dict[Key, list[EndpointSlice]] = field(default_factory=dict)
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     secrets: dict[Key, Secret] = field(default_factory=dict)
+    config_maps: dict[Key, ConfigMap] = field(default_factory=dict)
     grants: dict[str, list[ReferenceGrant]] = field(default_factory=dict)
     # (kind, key) -> why a Service, EndpointSlice or Secret could not be read:
     # a reference to one says so instead of "not found".
@@ -35,6 +36,7 @@ class SnapshotIndex:
                 index.slices.setdefault(Key(es.meta.namespace, es.service_name), []).append(es)
         index.namespaces = {n.meta.name: n for n in snapshot.namespaces}
         index.secrets = {s.meta.key: s for s in snapshot.secrets}
+        index.config_maps = {c.meta.key: c for c in snapshot.config_maps}
         for grant in snapshot.reference_grants:
             index.grants.setdefault(grant.meta.namespace, []).append(grant)
         index.invalid = {(inv.kind, inv.meta.key): inv.error for inv in snapshot.invalid}

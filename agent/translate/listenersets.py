@@ -57,6 +57,10 @@ class ListenerSetState:
         return self.listener_set.meta.key
 
     @property
+    def gateway_key(self) -> Key:
+        return self.gateway.key
+
+    @property
     def attached(self) -> bool:
         """Admitted by its Gateway, so its listeners take part in conflicts."""
         return self.rejection is None

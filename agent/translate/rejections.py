@@ -32,12 +32,15 @@ from agent.translate.status import (
     GatewayStatus,
     ListenerSetStatus,
     ParentRefStatus,
+    PolicyStatus,
     RouteStatus,
     StatusReport,
 )
 
 # Kinds gatewaylb reads that carry no status it could write.
-STATUSLESS_KINDS = frozenset({"Service", "EndpointSlice", "Secret", "Namespace", "ReferenceGrant"})
+STATUSLESS_KINDS = frozenset(
+    {"Service", "EndpointSlice", "Secret", "ConfigMap", "Namespace", "ReferenceGrant"}
+)
 # Conditions that refuse when False; Conflicted refuses when True.
 _REFUSING_WHEN_FALSE = (ACCEPTED, RESOLVED_REFS, PROGRAMMED)
 
@@ -86,6 +89,8 @@ def _sources(snapshot: Snapshot) -> dict[tuple[str, str, str], str]:
         out[("GatewayClass", "", gc.meta.name)] = gc.meta.source
     for gw in snapshot.gateways:
         out[("Gateway", gw.meta.namespace, gw.meta.name)] = gw.meta.source
+    for policy in snapshot.backend_tls_policies:
+        out[("BackendTLSPolicy", policy.meta.namespace, policy.meta.name)] = policy.meta.source
     for lset in snapshot.listener_sets:
         out[("ListenerSet", lset.meta.namespace, lset.meta.name)] = lset.meta.source
     for http in snapshot.http_routes:
@@ -114,6 +119,8 @@ def rejections(snapshot: Snapshot, report: StatusReport) -> tuple[Rejection, ...
             parts += [(f"listener {ls.name}", ls.conditions) for ls in status.listeners]
         elif isinstance(status, RouteStatus):
             parts += [(_parent(p.parent_ref), p.conditions) for p in status.parents]
+        elif isinstance(status, PolicyStatus):
+            parts += [(f"ancestor {a.namespace}/{a.name}", a.conditions) for a in status.ancestors]
         for where, conditions in parts:
             # Conditions refusing for the same reason and message make one line.
             merged: dict[tuple[str, str], list[str]] = {}

@@ -43,6 +43,10 @@ R_NO_MATCHING_PARENT = "NoMatchingParent"
 R_UNSUPPORTED_VALUE = "UnsupportedValue"
 R_BACKEND_NOT_FOUND = "BackendNotFound"
 R_INVALID_KIND = "InvalidKind"
+# Policies (apis/v1 policy_types.go, backendtlspolicy_types.go)
+R_CONFLICTED = "Conflicted"
+R_INVALID_CA_CERTIFICATE_REF = "InvalidCACertificateRef"
+R_NO_VALID_CA_CERTIFICATE = "NoValidCACertificate"
 # ListenerSet (apis/v1 listenerset_types.go)
 R_NOT_ALLOWED = "NotAllowed"
 R_PARENT_NOT_ACCEPTED = "ParentNotAccepted"
@@ -169,7 +173,39 @@ class RouteStatus:
         return {"parents": [p.to_dict() for p in self.parents]}
 
 
-Status = GatewayClassStatus | GatewayStatus | ListenerSetStatus | RouteStatus
+@dataclass(frozen=True, slots=True)
+class PolicyAncestorStatus:
+    """A policy's status as one controller sees it under one ancestor (a Gateway)."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    controller_name: str
+    conditions: tuple[Condition, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ancestorRef": {
+                "group": self.group,
+                "kind": self.kind,
+                "namespace": self.namespace,
+                "name": self.name,
+            },
+            "controllerName": self.controller_name,
+            "conditions": [c.to_dict() for c in self.conditions],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStatus:
+    ancestors: tuple[PolicyAncestorStatus, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ancestors": [a.to_dict() for a in self.ancestors]}
+
+
+Status = GatewayClassStatus | GatewayStatus | ListenerSetStatus | RouteStatus | PolicyStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from agent.proxy.worker import ProxyWorker
 from agent.state import (
     Backend,
     BackendSet,
+    BackendTLS,
     DesiredState,
     FrontendSource,
     HTTPMatch,
@@ -290,6 +291,7 @@ class Env:
     worker: ProxyWorker
     certs: dict[str, TLSCertificate]
     tmp: Path
+    backend_ca: bytes  # the backends' self-signed certificate (backend.internal)
 
     def apply(self, *listeners: L7Listener) -> None:
         result = self.worker.apply(listeners)
@@ -330,7 +332,7 @@ def env() -> Iterator[Env]:
         addresses.reconcile([VIP, VIP6])
         worker = ProxyWorker(tmpdir / "run", netns=lab.node.ns)
         try:
-            yield Env(lab, worker, certs, tmpdir)
+            yield Env(lab, worker, certs, tmpdir, backend_cert.cert_pem)
         finally:
             worker.stop(remove_files=True)
             addresses.cleanup()
@@ -892,3 +894,36 @@ def test_l4_frontend_on_the_same_vip_with_nftables(env: Env) -> None:
         assert lab.call(lab.node, request, "/").name == "be1"
     finally:
         lab.call(lab.node, dp.cleanup)
+
+
+def test_backend_tls_policy_verifies_the_backend(env: Env) -> None:
+    """Re-encryption to the backends' HTTPS port: the chain must lead to the
+    policy's CA and the certificate must carry its hostname; either failing,
+    no request reaches the backend."""
+
+    def tls_to(hostname: str, ca: bytes | None) -> ServiceBackend:
+        return svc(1, port=TLS_PORT, tls=BackendTLS("default/policy", hostname, ca))
+
+    wrong_ca = env.certs["a.example.com"].cert_pem
+    env.apply(
+        listener(
+            {
+                "example.com": [
+                    entry("good", to(tls_to("backend.internal", env.backend_ca)), "/good"),
+                    entry("name", to(tls_to("other.internal", env.backend_ca)), "/name"),
+                    entry("ca", to(tls_to("backend.internal", wrong_ca)), "/ca"),
+                    entry("plain", to(svc(2)), "/plain"),
+                ]
+            }
+        )
+    )
+    good = env.get("/good")
+    assert good.status == 200, good
+    assert good.doc["sni"] == "backend.internal"
+    assert good.doc["name"] == "be1"
+    for path in ("/name", "/ca"):
+        refused = env.get(path)
+        print(f"\n{path}: HTTP {refused.status}")
+        assert refused.status in (502, 503), refused
+        assert "name" not in refused.doc
+    assert env.get("/plain").name == "be2"

@@ -1273,7 +1273,7 @@ def test_every_route_parent_of_ours_names_group_kind_namespace_and_controller() 
     for test_file in ALL_FILES:
         tr = load(test_file)
         for obj in tr.status.objects:
-            if obj.kind in ("GatewayClass", "Gateway", "ListenerSet"):
+            if obj.kind in ("GatewayClass", "Gateway", "ListenerSet", "BackendTLSPolicy"):
                 continue
             for p in obj.to_dict()["status"]["parents"]:
                 ref = p["parentRef"]

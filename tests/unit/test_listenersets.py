@@ -25,6 +25,7 @@ from helpers import (
     listener_set,
     namespace,
     parent,
+    rule,
     run,
     secret,
     status,
@@ -399,13 +400,15 @@ def test_attached_listener_sets_is_written_as_zero_when_none_attach() -> None:
     assert status(tr, "Gateway", "gw")["attachedListenerSets"] == 0
 
 
-def test_httproute_through_a_listener_set_to_an_https_listener() -> None:
+def test_httproute_through_a_listener_set_listener() -> None:
     tr = run(
         _gw(http("web", 80)),
         listener_set("team", http("app", 80, hostname="app.example.com")),
-        httproute("r", backend("svc"), parents=[parent("team", kind=LS)]),
+        httproute("r", rule(backend("svc")), parents=[parent("team", kind=LS)]),
         backend_service("svc", "10.1.0.9"),
     )
     [served] = [x for x in tr.desired.l7 if x.listener_set == "default/team"]
     assert [vh.hostname for vh in served.virtual_hosts] == ["app.example.com"]
+    [entry] = served.virtual_hosts[0].routes
+    assert [ep.ip for svc in entry.backends.services for ep in svc.endpoints] == ["10.1.0.9"]
     assert served.vips == ("192.0.2.10",)

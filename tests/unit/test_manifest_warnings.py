@@ -307,7 +307,7 @@ def test_conformance_manifests_warn_only_of_kinds_gatewaylb_does_not_implement()
             text = path.read_text().replace("{GATEWAY_CLASS_NAME}", "gatewaylb")
             docs += parse_text(text, path.name)
     messages = {w.message for w in build_snapshot(docs, check_fields=True).warnings}
-    assert messages == {"kind BackendTLSPolicy is not supported by gatewaylb; ignored"}
+    assert messages == set()
 
 
 # -- unknown kinds --------------------------------------------------------------------
@@ -317,11 +317,7 @@ def test_conformance_manifests_warn_only_of_kinds_gatewaylb_does_not_implement()
     ("kind", "api_version", "expected"),
     [
         ("ListenerSet", f"{GW}/v1", None),
-        (
-            "BackendTLSPolicy",
-            f"{GW}/v1",
-            "kind BackendTLSPolicy is not supported by gatewaylb; ignored",
-        ),
+        ("BackendTLSPolicy", f"{GW}/v1", None),
         (
             "XBackendTrafficPolicy",
             "gateway.networking.x-k8s.io/v1alpha1",
@@ -389,7 +385,7 @@ def test_golden_unknown_kinds_warns_only_of_the_gateway_api_kind() -> None:
     directory = REPO / "tests" / "golden" / "unknown-kinds"
     snapshot = load_directory(directory)
     assert [(Path(w.source).name, w.message) for w in snapshot.warnings] == [
-        ("manifests.yaml:22", "kind BackendTLSPolicy is not supported by gatewaylb; ignored")
+        ("manifests.yaml:22", "kind XBackendTrafficPolicy is not supported by gatewaylb; ignored")
     ]
 
 

@@ -224,12 +224,12 @@ def test_core_kinds_parse(doc: dict[str, Any]) -> None:
     "doc",
     [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}},
         # a kind we read, but from another API group
         {"apiVersion": "example.com/v1", "kind": "Gateway", "metadata": {"name": "x"}},
         {"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend"},
     ],
-    ids=["Deployment", "ConfigMap", "foreign-Gateway", "XBackend"],
+    ids=["Deployment", "Pod", "foreign-Gateway", "XBackend"],
 )
 def test_unknown_kinds_are_skipped_quietly(doc: dict[str, Any]) -> None:
     assert parse(doc) is None
