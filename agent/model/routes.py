@@ -449,7 +449,7 @@ def _parse_filter(kind: str, body: Fields) -> RouteFilter:
                 expose_headers=body.strings(
                     "exposeHeaders", max_items=64, max_len=256, pattern=HTTP_HEADER_NAME
                 ),
-                max_age=body.integer("maxAge", 5, minimum=1),
+                max_age=body.integer("maxAge", 5, minimum=1, maximum=2**31 - 1),
                 allow_credentials=body.boolean("allowCredentials"),
             ),
         )

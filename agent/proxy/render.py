@@ -1135,7 +1135,7 @@ def _path_criterion(m: HTTPMatch) -> str | None:
     raise Unrepresentable(f"path match type {m.path_type!r} is not supported")
 
 
-def _cors_origin_pattern(origin: str) -> str:
+def cors_origin_pattern(origin: str) -> str:
     """One allowOrigins entry as PCRE: `*` any origin; `*.` before a host any
     number of labels; a host of `*` any host."""
     if origin == "*":
@@ -1153,12 +1153,13 @@ def _cors_origin_pattern(origin: str) -> str:
 
 
 def _cors_lines(cors: CORSPolicy, cond: str) -> list[str]:
-    """The CORS filter: a preflight from an allowed origin is answered here
-    (204, never forwarded); other requests from one are forwarded and their
-    response carries the allow-origin, credentials and expose headers.  The
+    """The CORS filter: a preflight is answered here, never forwarded (204
+    with the policy's headers from an allowed origin, 403 from another);
+    other requests from an allowed origin are forwarded and their response
+    carries the allow-origin, credentials and expose headers.  The
     allowed origin is echoed back, never `*`, so that credentials can be
     allowed and caches told (Vary: Origin)."""
-    patterns = "|".join(_cors_origin_pattern(o) for o in cors.allow_origins)
+    patterns = "|".join(cors_origin_pattern(o) for o in cors.allow_origins)
     origin_ok = _anon(f"req.fhdr(origin) -m reg -i -- {word(f'^(?:{patterns})$')}")
     preflight = (
         f"{cond} {_anon('method -m str -- OPTIONS')} "
@@ -1190,16 +1191,28 @@ def _cors_lines(cors: CORSPolicy, cond: str) -> list[str]:
     headers.append(("access-control-max-age", literal(str(int(cors.max_age)))))
     headers.append(("vary", literal("Origin")))
     answer = "".join(f" hdr {name} {value}" for name, value in headers)
-    out = [f"http-request return status 204{answer}{preflight}"]
+    # A preflight is the proxy's to answer, allowed or not: a backend that
+    # knows nothing of the policy must not be the one to judge the origin.
+    refused = (
+        f"{cond} {_anon('method -m str -- OPTIONS')} "
+        f"{_anon('req.fhdr(access-control-request-method) -m found')} "
+        f"{_anon('req.fhdr(origin) -m found')}"
+    )
+    out = [
+        f"http-request return status 204{answer}{preflight}",
+        "http-request return status 403 content-type text/plain "
+        f"string {word('CORS: origin not allowed')}{refused}",
+    ]
     out.append(f"http-request set-var(txn.cors) req.fhdr(origin){cond} {origin_ok}")
     found = f"{cond} {_anon('var(txn.cors) -m found')}"
-    out.append(f"http-response set-header access-control-allow-origin %[var(txn.cors)]{found}")
+    origin = word("%[var(txn.cors)]")
+    out.append(f"http-response set-header access-control-allow-origin {origin}{found}")
     if cors.allow_credentials:
-        out.append(f"http-response set-header access-control-allow-credentials true{found}")
+        out.append(f"http-response set-header access-control-allow-credentials 'true'{found}")
     if cors.expose_headers:
         exposed = escape.logformat(", ".join(cors.expose_headers))
         out.append(f"http-response set-header access-control-expose-headers {exposed}{found}")
-    out.append(f"http-response add-header vary Origin{found}")
+    out.append(f"http-response add-header vary 'Origin'{found}")
     return out
 
 

@@ -36,6 +36,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteParentRefPort",
             "HTTPRouteBackendRequestHeaderModification",
             "HTTPRouteBackendTimeout",
+            "HTTPRouteCORS",
             "HTTPRouteHostRewrite",
             "HTTPRouteMethodMatching",
             "HTTPRoutePathRedirect",
@@ -58,7 +59,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
 # RequestMirror: HAProxy 2.6 has no native request mirroring (only SPOE-based
 # agents that copy requests out of band and cannot honour the mirror's
 # semantics), so rules that ask for it are refused rather than served unmirrored.
-UNSUPPORTED_FILTERS = frozenset({"ExtensionRef", "ExternalAuth", "CORS", "RequestMirror"})
+UNSUPPORTED_FILTERS = frozenset({"ExtensionRef", "ExternalAuth", "RequestMirror"})
 
 # rules[].retry.codes HAProxy can retry on (its `retry-on` response-status
 # keywords); a rule that names another code is refused, not retried on fewer.

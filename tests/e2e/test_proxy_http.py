@@ -35,6 +35,7 @@ from agent.dataplane.nftables import NftablesDataplane
 from agent.lab import Lab, vip4, vip6
 from agent.lab.netns import setns_current_thread
 from agent.model.routes import (
+    CORSPolicy,
     HeaderModifier,
     PathModifier,
     RequestRedirect,
@@ -927,3 +928,62 @@ def test_backend_tls_policy_verifies_the_backend(env: Env) -> None:
         assert refused.status in (502, 503), refused
         assert "name" not in refused.doc
     assert env.get("/plain").name == "be2"
+
+
+def test_cors_preflight_answered_by_the_proxy_and_responses_marked(env: Env) -> None:
+    strict = CORSPolicy(
+        allow_origins=("https://www.foo.com", "https://*.bar.com"),
+        allow_methods=("GET", "OPTIONS"),
+        allow_headers=("x-header-1",),
+        expose_headers=("x-header-3",),
+        max_age=3600,
+        allow_credentials=True,
+    )
+    any_origin = CORSPolicy(("*",), ("*",), ("*",), (), 5, False)
+    env.apply(
+        listener(
+            {
+                "example.com": [
+                    entry(
+                        "strict", to(svc(1)), "/strict", filters=(RouteFilter("CORS", cors=strict),)
+                    ),
+                    entry(
+                        "open", to(svc(2)), "/open", filters=(RouteFilter("CORS", cors=any_origin),)
+                    ),
+                ]
+            }
+        )
+    )
+    preflight = {"Origin": "https://a.b.bar.com", "Access-Control-Request-Method": "GET"}
+    got = env.get("/strict", method="OPTIONS", headers=preflight)
+    assert got.status == 204 and got.body == b"", got  # answered by the proxy
+    assert got.headers["access-control-allow-origin"] == "https://a.b.bar.com"
+    assert got.headers["access-control-allow-methods"] == "GET, OPTIONS"
+    assert got.headers["access-control-allow-headers"] == "x-header-1"
+    assert got.headers["access-control-max-age"] == "3600"
+    assert got.headers["access-control-allow-credentials"] == "true"
+
+    # A preflight from an origin not allowed is refused by the proxy too.
+    other = {"Origin": "https://bar.com.evil.example", "Access-Control-Request-Method": "GET"}
+    got = env.get("/strict", method="OPTIONS", headers=other)
+    assert got.status == 403 and "access-control-allow-origin" not in got.headers
+    assert got.body == b"CORS: origin not allowed"
+    # A plain OPTIONS (no preflight) still reaches the backend.
+    assert env.get("/strict", method="OPTIONS").name == "be1"
+    # A request from it is served, unmarked.
+    got = env.get("/strict", headers={"Origin": "https://bar.com.evil.example"})
+    assert got.name == "be1" and "access-control-allow-origin" not in got.headers
+
+    simple = env.get("/strict", headers={"Origin": "https://www.foo.com"})
+    assert simple.name == "be1"
+    assert simple.headers["access-control-allow-origin"] == "https://www.foo.com"
+    assert simple.headers["access-control-expose-headers"] == "x-header-3"
+    assert "origin" in simple.headers["vary"].lower()
+    assert "access-control-allow-origin" not in env.get("/strict").headers
+
+    wild = {"Origin": "https://x.example:8443", "Access-Control-Request-Method": "PATCH"}
+    got = env.get("/open", method="OPTIONS", headers=wild)
+    assert got.status == 204
+    assert got.headers["access-control-allow-origin"] == "https://x.example:8443"
+    assert got.headers["access-control-allow-methods"] == "*"
+    assert "access-control-allow-credentials" not in got.headers

@@ -1064,7 +1064,9 @@ _KEYWORDS = {
 _UNQUOTED = re.compile(r"[A-Za-z0-9_.:/,()\[\]{}!=@|+-]+")
 _BACKEND_NAME = re.compile(r"be_[A-Za-z0-9_.:-]+")
 # Log-format expansions the renderer itself writes; any other `%` is doubled.
-_OWN_EXPANSIONS = re.compile(r"%%|%\[var\(txn\.host\)\]|%\[pathq\]")
+# The renderer's own expansions (the Host, the path and query, a CORS origin
+# it matched); any other % must be escaped.
+_OWN_EXPANSIONS = re.compile(r"%%|%\[var\(txn\.(?:host|cors)\)\]|%\[pathq\]")
 _ADDR = re.compile(r"(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:.]+\]):(\d+)")
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from agent.model.routes import (
     BackendObjectReference,
+    CORSPolicy,
     HeaderModifier,
     PathModifier,
     RequestMirror,
@@ -37,6 +38,7 @@ from agent.proxy.render import (
     Budget,
     RenderedConfig,
     certificate_id,
+    cors_origin_pattern,
     duration_ms,
     render,
 )
@@ -899,3 +901,41 @@ def test_the_amplification_attack_renders_within_budget_and_checks_quickly(
         f"render {rendered:.2f} s, haproxy -c {checked:.2f} s"
     )
     assert checked < CHECK_TIMEOUT / 2
+
+
+# -- CORS ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "origin", "matches"),
+    [
+        ("https://www.foo.com", "https://www.foo.com", True),
+        ("https://www.foo.com", "HTTPS://WWW.FOO.COM", True),  # -m reg -i
+        ("https://www.foo.com", "https://www.foo.com.evil.example", False),
+        ("https://www.foo.com", "http://www.foo.com", False),
+        ("https://*.bar.com", "https://a.bar.com", True),
+        ("https://*.bar.com", "https://x.y.bar.com", True),
+        ("https://*.bar.com", "https://bar.com", False),
+        ("https://*.bar.com", "https://evil.example/.bar.com", False),
+        ("https://*.bar.com", "https://a.bar.com:8443", False),
+        ("https://*", "https://anything.example:1234", False),
+        ("https://*:1234", "https://anything.example:1234", True),
+        ("*", "null", True),
+    ],
+)
+def testcors_origin_patterns(allowed: str, origin: str, matches: bool) -> None:
+    pattern = re.compile(f"^(?:{cors_origin_pattern(allowed)})$", re.IGNORECASE)
+    assert bool(pattern.match(origin)) is matches
+
+
+def test_cors_filter_renders_a_preflight_answer_haproxy_accepts(tmp_path: Path) -> None:
+    cors = CORSPolicy(("https://*.bar.com",), ("*",), ("x-a", "x-b"), ("x-c",), 60, True)
+    rc = render([http(("*", [entry(filters=(RouteFilter("CORS", cors=cors),))]))], str(tmp_path))
+    assert rc.problems == ()
+    lines = [ln.strip() for ln in rc.text.splitlines()]
+    [answer] = [ln for ln in lines if ln.startswith("http-request return status 204")]
+    # With credentials, "*" methods echo the one requested (browsers refuse "*").
+    assert "hdr access-control-allow-methods '%[req.fhdr(access-control-request-method)]'" in answer
+    assert "hdr access-control-allow-headers 'x-a, x-b'" in answer
+    assert "{ method -m str -- OPTIONS }" in answer
+    check(rc, tmp_path)
