@@ -200,14 +200,15 @@ def _host_key(hostname: str | None) -> tuple[int, int, str]:
     return (0, -len(hostname), hostname)
 
 
-def _host_acl(hostname: str | None) -> str | None:
-    """The ACL criterion on `txn.host` for a hostname pattern (None: any host)."""
+def _host_acl(hostname: str | None, var: str = "txn.host") -> str | None:
+    """The ACL criterion on `var` (the Host, or the SNI) for a hostname
+    pattern (None: any host)."""
     if hostname is None or hostname == "*":
         return None
     escape.hostname(hostname)
     if hostname.startswith("*."):
-        return f"var(txn.host) -m end -- {word(hostname[1:])}"
-    return f"var(txn.host) -m str -- {word(hostname)}"
+        return f"var({var}) -m end -- {word(hostname[1:])}"
+    return f"var({var}) -m str -- {word(hostname)}"
 
 
 # -- durations and names ----------------------------------------------------------------
@@ -383,7 +384,9 @@ class _Renderer:
                 self._check_tls_entry(tls)
         self._enforce_budget()
         frontends = [
-            self._frontend(name, binds, group) for name, binds, group in self._groups(usable)
+            section
+            for name, binds, group in self._groups(usable)
+            for section in self._frontends(name, binds, group)
         ]
         sections = [self._global(), self._defaults(), self._health()]
         sections.extend(frontends)
@@ -446,7 +449,7 @@ class _Renderer:
             for vip in ls.vips:
                 vip_c = str(ipaddress.ip_address(vip))
                 group = by_bind.setdefault((vip_c, ls.port), [])
-                if group and self._kind(group[0]) != self._kind(ls):
+                if group and not _may_share_port(self._kind(group[0]), self._kind(ls)):
                     self.problem(
                         self._listener_name(ls),
                         None,
@@ -665,7 +668,37 @@ class _Renderer:
 
     # -- frontends ---------------------------------------------------------------------
 
-    def _frontend(self, name: str, binds: list[str], listeners: list[L7Listener]) -> _Section:
+    def _frontends(
+        self, name: str, binds: list[str], listeners: list[L7Listener]
+    ) -> list[_Section]:
+        """The frontend for listeners that share binds.  TLS listeners in both
+        modes on one port (TLSRouteModeMixed) take two: the public one reads
+        the SNI of the ClientHello and passes passthrough names on as they are;
+        the names of terminating listeners go, by a UNIX socket carrying the
+        client's address (PROXY protocol), to a second frontend that
+        terminates them."""
+        terminating = [ls for ls in listeners if self._kind(ls) == TERMINATE]
+        passing = [ls for ls in listeners if self._kind(ls) == PASSTHROUGH]
+        if not (terminating and passing):
+            return [self._frontend(name, binds, listeners)]
+        socket = f"unix@{self.run_dir}/{name}.sock"
+        to_terminator = f"be_{name}_terminate"
+        backend = _Section(f"backend {to_terminator}")
+        backend.add("mode tcp")
+        backend.add(f"server terminate {word(socket)} send-proxy-v2")
+        public = self._frontend(name, binds, passing, terminating=(terminating, to_terminator))
+        inner = self._frontend(f"{name}_terminate", [word(socket) + " accept-proxy"], terminating)
+        return [public, inner, backend]
+
+    def _frontend(
+        self,
+        name: str,
+        binds: list[str],
+        listeners: list[L7Listener],
+        terminating: tuple[list[L7Listener], str] | None = None,
+    ) -> _Section:
+        """`terminating`: listeners this (passthrough) frontend hands to the
+        backend that leads to their terminating frontend."""
         kind = self._kind(listeners[0])
         s = _Section(f"frontend {name}")
         ordered = sorted(listeners, key=lambda ls: _host_key(ls.hostname))
@@ -686,6 +719,10 @@ class _Renderer:
             s.add("option idle-close-on-response")
             s.add("option forwardfor")
             _HTTPFrontend(self, s, ordered, port, "https" if kind == HTTPS else "http").write()
+        elif terminating is not None:
+            handed, backend = terminating
+            ordered = sorted([*listeners, *handed], key=lambda ls: _host_key(ls.hostname))
+            _TCPFrontend(self, s, ordered, True, handed=(handed, backend)).write()
         else:
             _TCPFrontend(self, s, ordered, kind == PASSTHROUGH).write()
         return s
@@ -877,6 +914,8 @@ class _HTTPFrontend:
         sel = _Selector(s, "http-request")
         s.add("http-request set-var(txn.host) req.hdr(host),field(1,:),lower")
         listener_conds = sel.listener_conditions(self.listeners)
+        if self.scheme == "https" and len(self.listeners) > 1:
+            self._misdirected(sel)
         sel.named("vhset", "var(txn.vh) -m found")
         sel.named("rset", "var(txn.r) -m found")
         entries: list[tuple[L7Listener, HTTPRouteEntry, int]] = []
@@ -914,6 +953,28 @@ class _HTTPFrontend:
             use_backend.extend(writer.use_backend)
         for line in use_backend:
             s.add(line)
+
+    def _misdirected(self, sel: _Selector) -> None:
+        """421 for a request whose Host selects another listener than the SNI
+        of its connection did: a client reusing one TLS connection for
+        another name (HTTP/2 coalescing) must not get past the certificate
+        and listener that name has (GatewayHTTPSListenerDetectMisdirectedRequests)."""
+        s = self.s
+        s.add("http-request set-var(txn.sni) ssl_fc_sni,lower")
+        sel.named("slset", "var(txn.sl) -m found")
+        for i, ls in enumerate(self.listeners):
+            crit = _host_acl(ls.hostname, "txn.sni")
+            cond = "" if crit is None else " " + _anon(crit)
+            s.add(
+                f"http-request set-var(txn.sl) int({i}) if !slset "
+                f"{_anon('var(txn.sni) -m found')}{cond}"
+            )
+        refuse = (
+            "http-request return status 421 content-type text/plain string 'misdirected request'"
+        )
+        s.add(f"{refuse} if {_anon('var(txn.sni) -m found')} !slset lset")
+        sel.named("same_listener", "var(txn.l),sub(txn.sl) -m int 0")
+        s.add(f"{refuse} if slset lset !same_listener")
 
     def _selection(self, e: int, head: str, conds: list[str]) -> list[str]:
         """`txn.r` = e when `head` and every condition hold.  HAProxy reads at
@@ -1234,9 +1295,17 @@ def _string_criterion(kind: str, value: str) -> str:
 
 class _TCPFrontend:
     def __init__(
-        self, r: _Renderer, s: _Section, listeners: list[L7Listener], passthrough: bool
+        self,
+        r: _Renderer,
+        s: _Section,
+        listeners: list[L7Listener],
+        passthrough: bool,
+        handed: tuple[list[L7Listener], str] | None = None,
     ) -> None:
         self.r, self.s, self.listeners, self.passthrough = r, s, listeners, passthrough
+        # Listeners whose connections go whole to one backend (the way to
+        # their terminating frontend), and that backend.
+        self.handed = handed
 
     def write(self) -> None:
         s, d = self.s, "tcp-request content"
@@ -1250,8 +1319,15 @@ class _TCPFrontend:
             s.add(f"{d} set-var(txn.host) ssl_fc_sni,lower")
         listener_conds = sel.listener_conditions(self.listeners)
         sel.named("rset", "var(txn.r) -m found")
-        targets: list[tuple[str, BackendSet]] = []
+        targets: list[tuple[str, BackendSet | str]] = []
+        handed = self.handed[0] if self.handed is not None else []
         for ls, lcond in zip(self.listeners, listener_conds, strict=True):
+            if any(ls is h for h in handed):
+                assert self.handed is not None
+                idx = len(targets)
+                targets.append((f"{ls.gateway}/{ls.listener} terminate", self.handed[1]))
+                s.add(f"{d} set-var(txn.r) int({idx}) if !rset{lcond}")
+                continue
             pairs: list[tuple[str, int]] = []
             for entry in ls.tls_routes:
                 if self.r._skip(entry.route, None):
@@ -1271,6 +1347,9 @@ class _TCPFrontend:
         use_backend: list[str] = []
         for idx, (_, backends) in enumerate(targets):
             cond = " if " + _is("r", idx)
+            if isinstance(backends, str):
+                use_backend.append(f"use_backend {backends}{cond}")
+                continue
             choices = [
                 _Choice(self.r.backend(self.r.backend_key("tcp", svc)), svc.weight)
                 for svc in backends.services
@@ -1284,6 +1363,12 @@ class _TCPFrontend:
             use_backend.extend(uses)
         for line in use_backend:
             s.add(line)
+
+
+def _may_share_port(a: str | None, b: str | None) -> bool:
+    """Listener kinds one bind can serve together: the same, or TLS in both
+    modes (told apart by the ClientHello's SNI)."""
+    return a == b or {a, b} == {PASSTHROUGH, TERMINATE}
 
 
 def _weighted_pick(

@@ -16,6 +16,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "Gateway",
             "GatewayAddressEmpty",
             "GatewayHTTPListenerIsolation",
+            "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",
             "GatewayStaticAddresses",
             "ListenerSet",
@@ -48,6 +49,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "HTTPRouteRetry",
             "HTTPRouteSchemeRedirect",
             "TLSRoute",
+            "TLSRouteModeMixed",
             "TLSRouteModeTerminate",
         }
     )

@@ -513,16 +513,13 @@ def _mark_conflicts(listeners: list[ListenerState]) -> None:
         if len(group) < 2 or transport == "udp":
             continue  # two UDP listeners on one port are refused by the CRD already
         protocols = {ls.listener.protocol for ls in group}
-        tls_modes = {ls.tls_mode for ls in group if ls.listener.protocol == "TLS"}
         message = ""
         if "TCP" in protocols:
             message = f"port {port}: a TCP listener cannot share its port with another listener"
         elif "HTTP" in protocols and len(protocols) > 1:
             message = f"port {port}: HTTP cannot share its port with HTTPS or TLS listeners"
-        elif len(tls_modes) > 1:
-            message = (
-                f"port {port}: TLS listeners in Terminate and Passthrough mode cannot share a port"
-            )
+        # TLS listeners in Terminate and Passthrough mode share a port: the
+        # proxy tells them apart by the SNI of the ClientHello (TLSRouteModeMixed).
         if message:
             for ls in group:
                 ls.conflict = (R_PROTOCOL_CONFLICT, message)
@@ -555,11 +552,6 @@ def listener_conflict(new: ListenerState, taken: Iterable[ListenerState]) -> tup
             return (R_PROTOCOL_CONFLICT, f"{where} holds this port whole")
         if "HTTP" in protocols and len(protocols) > 1:
             return (R_PROTOCOL_CONFLICT, f"{where}: HTTP cannot share a port with HTTPS or TLS")
-        if protocols == {"TLS"} and old.tls_mode != new.tls_mode:
-            return (
-                R_PROTOCOL_CONFLICT,
-                f"{where}: TLS listeners in Terminate and Passthrough mode cannot share a port",
-            )
         if old.listener.hostname == new.listener.hostname:
             shown = new.listener.hostname or "(no hostname)"
             return (R_HOSTNAME_CONFLICT, f"{where} has hostname {shown} already")

@@ -670,6 +670,11 @@ def test_https_certificates_by_sni(env: Env) -> None:
         assert env.get("/x", host, port=443, tls=True).name == name
     r = env.get("/x?y", "a.example.com")
     assert (r.status, r.headers["location"]) == (301, "https://a.example.com/x?y")
+    # A request for one listener's name on a connection made for the other's
+    # (HTTP/2 coalescing, or a forged Host) is misdirected.
+    wrong = env.get("/x", "b.example.com", port=443, tls=True, sni="a.example.com")
+    assert (wrong.status, wrong.body) == (421, b"misdirected request")
+    assert env.get("/x", "B.example.com:443", port=443, tls=True, sni="b.example.com").name == "be2"
 
 
 def test_tls_passthrough_by_sni(env: Env) -> None:
@@ -987,3 +992,40 @@ def test_cors_preflight_answered_by_the_proxy_and_responses_marked(env: Env) -> 
     assert got.headers["access-control-allow-origin"] == "https://x.example:8443"
     assert got.headers["access-control-allow-methods"] == "*"
     assert "access-control-allow-credentials" not in got.headers
+
+
+def test_tls_terminate_and_passthrough_on_one_port_by_sni(env: Env) -> None:
+    """TLSRouteModeMixed: one port, two listeners told apart by the SNI of the
+    ClientHello; a reload keeps both (the terminating frontend listens on a
+    UNIX socket the new worker takes over)."""
+    a = env.certs["a.example.com"]
+    passthrough = L7Listener(
+        "default/gw", "pass", (VIP,), 8883, "TLS", "Passthrough", "b.example.com",
+        tls_routes=(TLSRouteEntry("TLSRoute default/p", ("b.example.com",),
+                                  to(svc(2, port=TLS_PORT))),),
+    )  # fmt: skip
+    terminate = L7Listener(
+        "default/gw", "term", (VIP,), 8883, "TLS", "Terminate", "a.example.com",
+        certificates=(a,),
+        tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",), to(svc(3))),),
+    )  # fmt: skip
+    env.apply(passthrough, terminate)
+    cn, data = env.call(tls_peer, VIP, 8883, "a.example.com")
+    assert cn == "a.example.com"  # terminated by the gateway
+    assert body_of(data)["name"] == "be3"
+    assert body_of(data)["headers"].get("x-forwarded-for") is None  # a TCP stream, as sent
+    cn, data = env.call(tls_peer, VIP, 8883, "b.example.com")
+    assert cn == "backend.internal"  # passed through to the backend's own TLS
+    assert (body_of(data)["name"], body_of(data)["sni"]) == ("be2", "b.example.com")
+    for sni in ("c.example.com", None):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            env.call(tls_peer, VIP, 8883, sni)
+    moved = replace(
+        terminate,
+        tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",), to(svc(1))),),
+    )
+    env.apply(passthrough, moved)
+    _, data = env.call(tls_peer, VIP, 8883, "a.example.com")
+    assert body_of(data)["name"] == "be1"
+    _, data = env.call(tls_peer, VIP, 8883, "b.example.com")
+    assert body_of(data)["name"] == "be2"

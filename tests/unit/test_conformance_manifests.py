@@ -1008,21 +1008,35 @@ CASES: list[Case] = [
     Case(
         "TLSRouteListenerMixedTerminationNotSupported",
         "tlsroute-listener-mixed-termination-not-supported",
-        gateways=(
-            GW(
-                "gateway-tlsroute-mixed-termination-not-supported",
-                listeners=(
-                    L("tls-terminate", None, 0, (("Accepted", False, "ProtocolConflict"),)),
-                    L("tls-passthrough", None, 0, (("Accepted", False, "ProtocolConflict"),)),
-                ),
-            ),
-        ),
+        skip="runs only for implementations without TLSRouteModeMixed; this agent serves "
+        "Terminate and Passthrough TLS listeners on one port",
     ),
     Case(
         "TLSRouteMixedTerminationSameNamespace",
         "tlsroute-mixed-termination-same-namespace",
-        skip="TLSRouteModeMixed (experimental) is not implemented: Terminate and Passthrough "
-        "TLS listeners on one port are ProtocolConflict",
+        gateways=(
+            GW(
+                "gateway-tlsroute-mixed-termination",
+                listeners=(
+                    L("tls-terminate", ("TLSRoute",), 1, (("Accepted", True, "Accepted"),)),
+                    L("tls-passthrough", ("TLSRoute",), 1, (("Accepted", True, "Accepted"),)),
+                ),
+            ),
+        ),
+        routes=(
+            R(
+                "TLSRoute",
+                "gateway-conformance-mixed-terminateroute",
+                "gateway-tlsroute-mixed-termination",
+                (ACCEPTED, RESOLVED),
+            ),
+            R(
+                "TLSRoute",
+                "gateway-conformance-mixed-passthroughroute",
+                "gateway-tlsroute-mixed-termination",
+                (ACCEPTED, RESOLVED),
+            ),
+        ),
     ),
     Case(
         "TLSRouteListenerTerminateNotSupported",

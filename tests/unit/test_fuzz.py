@@ -1188,7 +1188,12 @@ def check_haproxy(rc: RenderedConfig) -> None:
                 assert _PRINTABLE.fullmatch(w.value), line
         _check_condition_blocks(words, line)
         _check_logformat(words, line)
-        if words[0].value == "server":
+        if words[0].value == "server" and words[1].value == "terminate":
+            # The renderer's own hop to a terminating frontend (TLSRouteModeMixed).
+            sock = re.escape(RUN_DIR) + r"/fe_\d+_[0-9a-f]+\.sock"
+            assert re.fullmatch("unix@" + sock, words[2].value), line
+            assert [w.value for w in words[3:]] == ["send-proxy-v2"], line
+        elif words[0].value == "server":
             m = _ADDR.fullmatch(words[2].value)
             assert m and 1 <= int(m.group(3)) <= 65535, line
             assert words[3].value == "weight" and 0 <= int(words[4].value) <= 256, line

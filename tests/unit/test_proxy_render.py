@@ -939,3 +939,24 @@ def test_cors_filter_renders_a_preflight_answer_haproxy_accepts(tmp_path: Path) 
     assert "hdr access-control-allow-headers 'x-a, x-b'" in answer
     assert "{ method -m str -- OPTIONS }" in answer
     check(rc, tmp_path)
+
+
+def test_tls_terminate_and_passthrough_on_one_port_take_two_frontends(
+    cert: TLSCertificate, tmp_path: Path
+) -> None:
+    term = L7Listener("default/gw", "t", (VIP,), 8443, "TLS", "Terminate", "a.example.com",
+                      (cert,), tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",),
+                                                         BackendSet((svc(),))),))  # fmt: skip
+    pass_ = L7Listener("default/gw", "p", (VIP,), 8443, "TLS", "Passthrough", "b.example.com",
+                       tls_routes=(TLSRouteEntry("TLSRoute default/p", ("b.example.com",),
+                                                 BackendSet((svc("be2"),))),))  # fmt: skip
+    rc = render([term, pass_], str(tmp_path))
+    assert rc.problems == ()
+    sections = [ln for ln in rc.text.splitlines() if ln.startswith(("frontend", "backend"))]
+    public = [s for s in sections if s.startswith("frontend fe_") and not s.endswith("_terminate")]
+    assert len(public) == 1 and f"frontend {public[0].split()[1]}_terminate" in sections
+    binds = [ln.strip() for ln in rc.text.splitlines() if ln.strip().startswith("bind ")]
+    assert f"bind {VIP}:8443" in binds  # the public one does not decrypt
+    [inner] = [b for b in binds if "accept-proxy" in b]
+    assert inner.startswith(f"bind 'unix@{tmp_path}/{public[0].split()[1]}.sock' accept-proxy ssl")
+    check(rc, tmp_path)

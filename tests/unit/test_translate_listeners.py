@@ -140,7 +140,10 @@ def test_listeners_of_conflicting_protocols_on_one_port_are_all_protocol_conflic
     assert [(f["protocol"], f["port"]) for f in frontends(tr)] == [("udp", 53)]
 
 
-def test_tls_terminate_and_passthrough_on_one_port_are_all_protocol_conflict() -> None:
+def test_tls_terminate_and_passthrough_share_a_port_by_hostname() -> None:
+    """TLSRouteModeMixed: the proxy tells them apart by SNI.  (The same
+    hostname in both modes cannot be written: port, protocol and hostname are
+    unique among a Gateway's listeners.)"""
     tr = run(
         gateway(
             "gw",
@@ -149,8 +152,11 @@ def test_tls_terminate_and_passthrough_on_one_port_are_all_protocol_conflict() -
         ),
         secret("cert"),
     )
-    _assert_conflicted(tr, ["term", "pass"], "ProtocolConflict")
-    cond_is(gw_status(tr)["conditions"], "Accepted", False, "ListenersNotValid")
+    for name in ("term", "pass"):
+        cond_is(listener_status(tr, name)["conditions"], "Accepted", True, "Accepted")
+        cond_is(listener_status(tr, name)["conditions"], "Conflicted", False, "NoConflicts")
+    cond_is(gw_status(tr)["conditions"], "Accepted", True, "Accepted")
+    assert sorted(ls.tls_mode or "" for ls in tr.desired.l7) == ["Passthrough", "Terminate"]
 
 
 def test_only_conflicting_listeners_lose_others_stay_accepted() -> None:
