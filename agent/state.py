@@ -83,6 +83,9 @@ class BackendTLS:
     hostname: str
     # PEM bundle of trusted CAs; None: the system's trust store.
     ca_pem: bytes | None = dataclasses.field(repr=False)
+    # The certificate the proxy presents when the backend asks for one: its
+    # Gateway's spec.tls.backend.clientCertificateRef.
+    client_certificate: TLSCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
             "host": self.headers.get("host"),
             "headers": headers,
             "sni": getattr(self.connection, "sni", None),
+            "client": _client_cn(self.connection),
             "protocol": self.request_version,
             "body": len(body),
         }
@@ -97,6 +98,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+
+def _client_cn(conn: Any) -> str | None:
+    """The common name of the client certificate a TLS connection verified."""
+    if not isinstance(conn, ssl.SSLSocket):
+        return None
+    cert: dict[str, Any] = conn.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def serve_http(name: str, port: int, tls: ssl.SSLContext | None = None) -> _Server:
@@ -168,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--tls-port", type=int)
     p.add_argument("--cert", help="PEM certificate chain + key for --tls-port")
+    p.add_argument("--mtls-port", type=int, help="TLS that requires a client certificate")
+    p.add_argument("--client-ca", help="PEM CAs of the client certificates --mtls-port takes")
     p.add_argument("--grpc-port", type=int)
     a = p.parse_args(args)
     # Servers are kept referenced: a collected grpc server stops serving.
@@ -176,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.cert)
         servers.append(serve_http(a.name, a.tls_port, ctx))
+    if a.mtls_port:
+        mtls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        mtls.load_cert_chain(a.cert)
+        mtls.load_verify_locations(a.client_ca)
+        mtls.verify_mode = ssl.CERT_REQUIRED
+        servers.append(serve_http(a.name, a.mtls_port, mtls))
     if a.grpc_port:
         servers.append(serve_grpc(a.name, a.grpc_port))
     stop = threading.Event()

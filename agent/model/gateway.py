@@ -120,6 +120,36 @@ NO_LISTENER_SETS = AllowedListeners("None", None)
 
 
 @dataclass(frozen=True, slots=True)
+class CACertificateReference:
+    group: str
+    kind: str
+    name: str
+    namespace: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendValidation:
+    """Client certificates the Gateway's TLS listeners ask for and check."""
+
+    ca_certificate_refs: tuple[CACertificateReference, ...]
+    mode: str  # AllowValidOnly | AllowInsecureFallback
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendTLS:
+    """spec.tls.frontend: a default validation and per-port ones."""
+
+    default: FrontendValidation | None
+    per_port: tuple[tuple[int, FrontendValidation | None], ...]
+
+    def for_port(self, port: int) -> FrontendValidation | None:
+        for p, validation in self.per_port:
+            if p == port:
+                return validation
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayAddress:
     type: str
     value: str | None
@@ -136,6 +166,10 @@ class Gateway:
     # from a pool stable across restarts and agents (see translate/ipam.py).
     status_addresses: tuple[str, ...] = ()
     allowed_listeners: AllowedListeners = NO_LISTENER_SETS
+    # spec.tls.backend.clientCertificateRef: what the proxy presents to
+    # backends that ask for a client certificate (over a BackendTLSPolicy).
+    backend_client_certificate: SecretReference | None = None
+    frontend_tls: FrontendTLS | None = None
 
     def listener(self, name: str) -> Listener | None:
         for listener in self.listeners:
@@ -352,7 +386,45 @@ def parse_gateway(doc: Fields, meta: ObjectMeta) -> Gateway:
         ),
         status_addresses=_status_addresses(doc.raw("status")),
         allowed_listeners=_allowed_listeners(spec.opt_obj("allowedListeners")),
+        backend_client_certificate=_backend_client_certificate(spec.opt_obj("tls")),
+        frontend_tls=_frontend_tls(spec.opt_obj("tls")),
     )
+
+
+def _validation(f: Fields | None) -> FrontendValidation | None:
+    v = f.opt_obj("validation") if f is not None else None
+    if v is None:
+        return None
+    refs = tuple(
+        CACertificateReference(
+            group=r.string("group", max_len=253, pattern=GROUP_NAME),
+            kind=r.string("kind", max_len=63, min_len=1, pattern=KIND_NAME),
+            name=r.string("name", max_len=253, min_len=1),
+            namespace=r.opt_string("namespace", max_len=63, pattern=DNS1123_LABEL),
+        )
+        for r in v.items("caCertificateRefs", min_items=1, max_items=16)
+    )
+    mode = v.string("mode", "AllowValidOnly", enum=("AllowValidOnly", "AllowInsecureFallback"))
+    return FrontendValidation(refs, mode)
+
+
+def _frontend_tls(tls: Fields | None) -> FrontendTLS | None:
+    frontend = tls.opt_obj("frontend") if tls is not None else None
+    if frontend is None:
+        return None
+    per_port: list[tuple[int, FrontendValidation | None]] = []
+    for item in frontend.items("perPort", max_items=64):
+        port = item.integer("port", minimum=1, maximum=65535)
+        if any(p == port for p, _ in per_port):
+            raise item.error("port", "Port for TLS configuration must be unique within the Gateway")
+        per_port.append((port, _validation(item.obj("tls"))))
+    return FrontendTLS(_validation(frontend.obj("default")), tuple(per_port))
+
+
+def _backend_client_certificate(tls: Fields | None) -> SecretReference | None:
+    backend = tls.opt_obj("backend") if tls is not None else None
+    ref = backend.opt_obj("clientCertificateRef") if backend is not None else None
+    return parse_secret_reference(ref) if ref is not None else None
 
 
 def _status_addresses(status: object) -> tuple[str, ...]:

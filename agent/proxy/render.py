@@ -784,7 +784,8 @@ class _Renderer:
                 # Not the BackendTLS itself: its repr leaves out the CA bundle.
                 tls = key.tls
                 ca = hashlib.sha256(tls.ca_pem).hexdigest() if tls.ca_pem is not None else None
-                parts += (tls.policy, tls.hostname, ca)
+                client = certificate_id(tls.client_certificate) if tls.client_certificate else None
+                parts += (tls.policy, tls.hostname, ca, client)
             name = self.backend_names[key] = f"be_{_safe_name(key.service)}_{_short_hash(*parts)}"
         return name
 
@@ -807,7 +808,14 @@ class _Renderer:
             ca = f"{self.run_dir}/{path}"
         host = escape.hostname(tls.hostname, wildcard=False)
         alpn = " alpn h2" if h2 else ""
-        return f" ssl verify required ca-file {word(ca)} sni str({host}) verifyhost {host}{alpn}"
+        crt = ""
+        if tls.client_certificate is not None:
+            path = certificate_file(tls.client_certificate)
+            self.files[path] = certificate_pem(tls.client_certificate)
+            crt = f" crt {word(self.run_dir + '/' + path)}"
+        return (
+            f" ssl verify required ca-file {word(ca)} sni str({host}) verifyhost {host}{alpn}{crt}"
+        )
 
 
 def _backend_section(name: str, key: _BackendKey, server_tls: str = "") -> _Section:

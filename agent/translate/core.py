@@ -46,6 +46,7 @@ from agent.state import (
     FrontendSource,
     L4Frontend,
     L7Listener,
+    TLSCertificate,
     TLSRouteEntry,
 )
 from agent.translate.attach import Parents, ParentVerdict, evaluate_parent, parent_ref_status
@@ -547,6 +548,19 @@ def _l4_frontends(
     return out
 
 
+def _with_client_certificate(backends: BackendSet, cert: TLSCertificate | None) -> BackendSet:
+    """The Gateway's backend client certificate on the Services reached over TLS."""
+    if cert is None or not any(svc.tls is not None for svc in backends.services):
+        return backends
+    services = tuple(
+        dataclasses.replace(svc, tls=dataclasses.replace(svc.tls, client_certificate=cert))
+        if svc.tls is not None
+        else svc
+        for svc in backends.services
+    )
+    return dataclasses.replace(backends, services=services)
+
+
 def _l7_listener(
     state: GatewayState,
     ls: ListenerState,
@@ -559,7 +573,10 @@ def _l7_listener(
     for result, hostnames in routes:
         route = result.route
         if isinstance(route, HTTPRoute | GRPCRoute):
-            backend_sets = {i: l7_backends(refs) for i, refs in result.rules.items()}
+            backend_sets = {
+                i: _with_client_certificate(l7_backends(refs), state.client_certificate)
+                for i, refs in result.rules.items()
+            }
             entries = route_entries(route, backend_sets)
             for hostname in hostnames:
                 by_hostname.setdefault(hostname, []).extend(entries)

@@ -15,6 +15,7 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "BackendTLSPolicy",
             "Gateway",
             "GatewayAddressEmpty",
+            "GatewayBackendClientCertificate",
             "GatewayHTTPListenerIsolation",
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.core import EndpointSlice
-from agent.model.gateway import Gateway, GatewayClass, Listener, ParametersReference
+from agent.model.gateway import (
+    Gateway,
+    GatewayClass,
+    Listener,
+    ParametersReference,
+    SecretReference,
+)
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_order
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
 from agent.model.snapshot import InvalidObject
@@ -35,6 +41,7 @@ from agent.translate.status import (
     R_HOSTNAME_CONFLICT,
     R_INVALID,
     R_INVALID_CERTIFICATE_REF,
+    R_INVALID_CLIENT_CERTIFICATE_REF,
     R_INVALID_PARAMETERS,
     R_INVALID_ROUTE_KINDS,
     R_LISTENERS_NOT_VALID,
@@ -203,6 +210,9 @@ class GatewayState:
     # (reason, message) when the Gateway as a whole is not accepted / programmed.
     not_accepted: tuple[str, str] | None = None
     not_programmed: tuple[str, str] | None = None
+    # Its references outside listeners (spec.tls.backend.clientCertificateRef).
+    unresolved: tuple[str, str] | None = None
+    client_certificate: TLSCertificate | None = None
     # ListenerSets whose parentRef names this Gateway and which it allows, in
     # the spec's order of precedence (see listenersets.py).
     listener_sets: list[ListenerSetState] = field(default_factory=list)
@@ -260,6 +270,12 @@ class GatewayState:
             )
         else:
             conds.append(Condition(ACCEPTED, True, R_ACCEPTED, "Gateway is accepted", gen))
+        if self.unresolved is not None:
+            conds.append(Condition(RESOLVED_REFS, False, *self.unresolved, gen))
+        else:
+            conds.append(
+                Condition(RESOLVED_REFS, True, R_RESOLVED_REFS, "All references resolved", gen)
+            )
         programmed = self.programmed
         if programmed:
             conds.append(Condition(PROGRAMMED, True, R_PROGRAMMED, "Gateway is programmed", gen))
@@ -593,53 +609,81 @@ def check_key_pair(cert: bytes | None, key: bytes | None) -> str | None:
     return None
 
 
+def _secret_problem(
+    index: SnapshotIndex,
+    ref: SecretReference,
+    *,
+    from_kind: str,
+    from_namespace: str,
+    where: str,
+    bad_ref: str,
+) -> tuple[str, str] | TLSCertificate:
+    """A certificate reference resolved to its key pair, or (reason, message)."""
+    namespace = ref.namespace or from_namespace
+    if ref.group != CORE_GROUP or ref.kind != "Secret":
+        return (bad_ref, f"{where}: unsupported kind {ref.kind}.{ref.group}")
+    if not reference_permitted(
+        index,
+        from_group=GATEWAY_GROUP,
+        from_kind=from_kind,
+        from_namespace=from_namespace,
+        to_group=CORE_GROUP,
+        to_kind="Secret",
+        to_namespace=namespace,
+        to_name=ref.name,
+    ):
+        return (
+            R_REF_NOT_PERMITTED,
+            f"{where}: Secret {namespace}/{ref.name} is in another namespace and no "
+            "ReferenceGrant allows it",
+        )
+    secret = index.secrets.get(Key(namespace, ref.name))
+    if secret is None:
+        invalid = index.invalid.get(("Secret", Key(namespace, ref.name)))
+        found = f"is invalid: {invalid}" if invalid is not None else "not found"
+        return (bad_ref, f"{where}: Secret {namespace}/{ref.name} {found}")
+    cert, key = secret.get("tls.crt"), secret.get("tls.key")
+    problem = check_key_pair(cert, key)
+    if problem is not None:
+        return (bad_ref, f"{where}: Secret {namespace}/{ref.name} {problem}")
+    assert cert is not None and key is not None
+    return TLSCertificate(f"{namespace}/{ref.name}", cert, key)
+
+
+def _resolve_client_certificate(state: GatewayState, index: SnapshotIndex) -> None:
+    ref = state.gateway.backend_client_certificate
+    if ref is None:
+        return
+    found = _secret_problem(
+        index,
+        ref,
+        from_kind="Gateway",
+        from_namespace=state.key.namespace,
+        where="spec.tls.backend.clientCertificateRef",
+        bad_ref=R_INVALID_CLIENT_CERTIFICATE_REF,
+    )
+    if isinstance(found, TLSCertificate):
+        state.client_certificate = found
+    else:
+        state.unresolved = found
+
+
 def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
     assert ls.listener.tls is not None
-    owner_ns = ls.owner_namespace
     problems: list[tuple[str, str]] = []
     for i, ref in enumerate(ls.listener.tls.certificate_refs):
-        where = f"tls.certificateRefs[{i}]"
-        namespace = ref.namespace or owner_ns
-        if ref.group != CORE_GROUP or ref.kind != "Secret":
-            problems.append(
-                (R_INVALID_CERTIFICATE_REF, f"{where}: unsupported kind {ref.kind}.{ref.group}")
-            )
-            continue
-        if not reference_permitted(
+        found = _secret_problem(
             index,
-            from_group=GATEWAY_GROUP,
+            ref,
             from_kind=ls.owner_kind,
-            from_namespace=owner_ns,
-            to_group=CORE_GROUP,
-            to_kind="Secret",
-            to_namespace=namespace,
-            to_name=ref.name,
-        ):
-            problems.append(
-                (
-                    R_REF_NOT_PERMITTED,
-                    f"{where}: Secret {namespace}/{ref.name} is in another namespace and no "
-                    "ReferenceGrant allows it",
-                )
-            )
-            continue
-        secret = index.secrets.get(Key(namespace, ref.name))
-        if secret is None:
-            invalid = index.invalid.get(("Secret", Key(namespace, ref.name)))
-            found = f"is invalid: {invalid}" if invalid is not None else "not found"
-            problems.append(
-                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} {found}")
-            )
-            continue
-        cert, key = secret.get("tls.crt"), secret.get("tls.key")
-        problem = check_key_pair(cert, key)
-        if problem is not None:
-            problems.append(
-                (R_INVALID_CERTIFICATE_REF, f"{where}: Secret {namespace}/{ref.name} {problem}")
-            )
-            continue
-        assert cert is not None and key is not None
-        ls.certificates.append(TLSCertificate(f"{namespace}/{ref.name}", cert, key))
+            from_namespace=ls.owner_namespace,
+            where=f"tls.certificateRefs[{i}]",
+            bad_ref=R_INVALID_CERTIFICATE_REF,
+        )
+        if isinstance(found, TLSCertificate):
+            ls.certificates.append(found)
+        else:
+            problems.append(found)
     if problems:
         ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems))
 
@@ -691,6 +735,7 @@ def evaluate_gateway(
         )
     else:
         state.not_accepted = _address_problem(gateway)
+    _resolve_client_certificate(state, index)
     if state.not_accepted is None:
         addresses = _usable_vips(gateway, pools, hosts or {})
         state.vips, state.wanted = addresses.vips, addresses.wanted

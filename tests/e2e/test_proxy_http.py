@@ -66,7 +66,7 @@ pytestmark = pytest.mark.root
 
 VIP = vip4(5)
 VIP6 = vip6(5)
-HTTP_PORT, TLS_PORT, GRPC_PORT = 8080, 8443, 9090
+HTTP_PORT, TLS_PORT, GRPC_PORT, MTLS_PORT = 8080, 8443, 9090, 9443
 BE = {1: "10.20.0.11", 2: "10.20.0.12", 3: "10.20.0.13"}
 
 
@@ -293,6 +293,7 @@ class Env:
     certs: dict[str, TLSCertificate]
     tmp: Path
     backend_ca: bytes  # the backends' self-signed certificate (backend.internal)
+    client_cert: TLSCertificate  # one the backends' MTLS_PORT accepts (gateway.client)
 
     def apply(self, *listeners: L7Listener) -> None:
         result = self.worker.apply(listeners)
@@ -322,9 +323,13 @@ def env() -> Iterator[Env]:
         backend_cert = make_cert(tmpdir, "backend.internal")
         pem = tmpdir / "backend.pem"
         pem.write_bytes(backend_cert.cert_pem + backend_cert.key_pem)
+        client_cert = make_cert(tmpdir, "gateway.client")
+        client_ca = tmpdir / "client-ca.pem"
+        client_ca.write_bytes(client_cert.cert_pem)
         for be in lab.backends:
             argv = [sys.executable, "-m", "agent.lab.httpecho", "--name", be.role]
             argv += ["--port", str(HTTP_PORT), "--tls-port", str(TLS_PORT), "--cert", str(pem)]
+            argv += ["--mtls-port", str(MTLS_PORT), "--client-ca", str(client_ca)]
             argv += ["--grpc-port", str(GRPC_PORT)]
             proc = lab.popen(be, argv, stdout=subprocess.PIPE)
             assert proc.stdout is not None
@@ -333,7 +338,7 @@ def env() -> Iterator[Env]:
         addresses.reconcile([VIP, VIP6])
         worker = ProxyWorker(tmpdir / "run", netns=lab.node.ns)
         try:
-            yield Env(lab, worker, certs, tmpdir, backend_cert.cert_pem)
+            yield Env(lab, worker, certs, tmpdir, backend_cert.cert_pem, client_cert)
         finally:
             worker.stop(remove_files=True)
             addresses.cleanup()
@@ -1029,3 +1034,28 @@ def test_tls_terminate_and_passthrough_on_one_port_by_sni(env: Env) -> None:
     assert body_of(data)["name"] == "be1"
     _, data = env.call(tls_peer, VIP, 8883, "b.example.com")
     assert body_of(data)["name"] == "be2"
+
+
+def test_backend_tls_presents_the_gateway_client_certificate(env: Env) -> None:
+    """A backend that requires a client certificate gets the Gateway's
+    (spec.tls.backend.clientCertificateRef); without it, no request gets through."""
+
+    def mtls(client: TLSCertificate | None) -> ServiceBackend:
+        tls = BackendTLS("default/policy", "backend.internal", env.backend_ca, client)
+        return svc(1, port=MTLS_PORT, tls=tls)
+
+    env.apply(
+        listener(
+            {
+                "example.com": [
+                    entry("with", to(mtls(env.client_cert)), "/with"),
+                    entry("without", to(mtls(None)), "/without"),
+                ]
+            }
+        )
+    )
+    got = env.get("/with")
+    assert got.status == 200, got
+    assert (got.doc["name"], got.doc["client"]) == ("be1", "gateway.client")
+    refused = env.get("/without")
+    assert refused.status in (502, 503), refused

@@ -25,6 +25,7 @@ from helpers import (
     httproute,
     rule,
     run,
+    secret,
     status,
 )
 from test_conformance_manifests import INFRA, TESTS, _assign_addresses, _documents
@@ -338,3 +339,75 @@ def test_the_proxy_verifies_the_backend_with_the_policy(ca_pem: str, tmp_path: P
     ca_file = server.split("ca-file ", 1)[1].split()[0].strip("'")
     relative = ca_file.removeprefix(str(tmp_path) + "/")
     assert out.files[relative].decode().strip() == ca_pem.strip()
+
+
+# -- the Gateway's client certificate for backends ----------------------------------------------
+
+
+@needs_suite
+def test_the_gateway_presents_its_client_certificate_to_tls_backends(ca_pem: str) -> None:
+    docs = copy.deepcopy(list(_documents("gateway-tls-backend-client-certificate")))
+    docs += [config_map("tls-checks-ca-certificate", ca_pem),
+             secret("tls-checks-client-certificate", namespace=INFRA)]  # fmt: skip
+    _assign_addresses(docs)
+    tr = translate(build_snapshot((d, "m") for d in docs), controller_name=CONTROLLER)
+    gw = status(tr, "Gateway", "gateway-tls-backend-client-certificate", INFRA)
+    conds = {c["type"]: (c["status"], c["reason"]) for c in gw["conditions"]}
+    assert conds["ResolvedRefs"] == ("True", "ResolvedRefs")
+    assert conds["Accepted"] == ("True", "Accepted")
+    tls, served = backend_tls(tr, "tls-backend-with-client-cert-validation", 443)
+    assert served and tls is not None and tls.client_certificate is not None
+    assert tls.client_certificate.secret == f"{INFRA}/tls-checks-client-certificate"
+
+
+@needs_suite
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        ("gateway-client-certificate-nonexistent-secret", "InvalidClientCertificateRef"),
+        ("gateway-client-certificate-unsupported-group", "InvalidClientCertificateRef"),
+        ("gateway-client-certificate-unsupported-kind", "InvalidClientCertificateRef"),
+        ("gateway-client-certificate-malformed-secret", "InvalidClientCertificateRef"),
+        ("gateway-client-certificate-missing-reference-grant", "RefNotPermitted"),
+    ],
+)
+def test_an_unusable_client_certificate_is_said_on_the_gateway(gateway: str, reason: str) -> None:
+    docs = copy.deepcopy(list(_documents("gateway-invalid-tls-backend-configuration")))
+    _assign_addresses(docs)
+    tr = translate(build_snapshot((d, "m") for d in docs), controller_name=CONTROLLER)
+    gw = status(tr, "Gateway", gateway, INFRA)
+    conds = {c["type"]: (c["status"], c["reason"]) for c in gw["conditions"]}
+    assert conds["ResolvedRefs"] == ("False", reason)
+    assert conds["Accepted"] == ("True", "Accepted")
+    assert conds["Programmed"] == ("True", "Programmed")
+
+
+def test_the_client_certificate_goes_only_to_backends_reached_over_tls(
+    ca_pem: str, tmp_path: Path
+) -> None:
+    gw = gateway("gw", http("web", 80), spec={
+        "tls": {"backend": {"clientCertificateRef": {"name": "client"}}}})  # fmt: skip
+    tr = run(
+        gw,
+        httproute("r", rule(backend("svc")), rule(backend("plain"),
+                  matches=[{"path": {"type": "PathPrefix", "value": "/plain"}}])),
+        backend_service("svc", "10.1.0.5"),
+        backend_service("plain", "10.1.0.6"),
+        _policy("p", "svc"),
+        config_map("ca", ca_pem, namespace="default"),
+        secret("client"),
+    )  # fmt: skip
+    services = {
+        svc.name: svc.tls
+        for vh in tr.desired.l7[0].virtual_hosts
+        for e in vh.routes
+        for svc in e.backends.services
+    }
+    tls = services["default/svc:80"]
+    assert tls is not None and tls.client_certificate is not None
+    assert services["default/plain:80"] is None
+    out = render(tr.desired.l7, str(tmp_path))
+    [server] = [ln for ln in out.text.splitlines() if "10.1.0.5" in ln]
+    assert " crt " in server
+    [plain] = [ln for ln in out.text.splitlines() if "10.1.0.6" in ln]
+    assert " ssl " not in plain and " crt " not in plain
