@@ -154,6 +154,15 @@ class TLSCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientValidation:
+    """Client certificates a TLS listener asks for (Gateway spec.tls.frontend)."""
+
+    ca_pem: bytes = dataclasses.field(repr=False)
+    # AllowInsecureFallback: a missing or failing certificate is let through.
+    insecure_fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TLSRouteEntry:
     """A TLSRoute on a TLS listener: SNI names -> backends (passthrough, or the
     decrypted stream when the listener terminates)."""
@@ -179,6 +188,7 @@ class L7Listener:
     tcp_backends: BackendSet | None = None
     # namespace/name of the ListenerSet that adds this listener; "" for the Gateway's own.
     listener_set: str = ""
+    client_validation: ClientValidation | None = None
 
     @property
     def owner(self) -> str:

@@ -710,6 +710,7 @@ class _Renderer:
             crt_list = self._crt_list(ordered)
             alpn = " alpn h2,http/1.1" if kind == HTTPS else ""
             bind_opts = f" ssl crt-list {word(self.run_dir + '/' + crt_list)}{alpn}"
+            bind_opts += self._client_verify(ordered)
         s.add(f"mode {'http' if kind in (HTTP, HTTPS) else 'tcp'}")
         for addr in binds:
             s.add(f"bind {addr}{bind_opts}")
@@ -796,16 +797,32 @@ class _Renderer:
             self.backends[key] = _backend_section(self.backend_name(key), key, tls)
         return self.backend_name(key)
 
+    def _ca_file(self, pem: bytes) -> str:
+        """The path of a CA bundle written among the configuration's files."""
+        path = f"{CERT_DIR}/ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
+        self.files[path] = pem
+        return f"{self.run_dir}/{path}"
+
+    def _client_verify(self, listeners: list[L7Listener]) -> str:
+        """Bind options that ask clients for a certificate (Gateway
+        spec.tls.frontend).  Validation is per port, and a bind is one port
+        of one Gateway, so its listeners agree; AllowValidOnly wins if not."""
+        found = [ls.client_validation for ls in listeners if ls.client_validation is not None]
+        if not found:
+            return ""
+        strict = [v for v in found if not v.insecure_fallback]
+        validation = (strict or found)[0]
+        ca = word(self._ca_file(validation.ca_pem))
+        if validation.insecure_fallback:
+            # Asked for, checked, and let through whatever the outcome.
+            return f" verify optional ca-file {ca} ca-ignore-err all crt-ignore-err all"
+        return f" verify required ca-file {ca}"
+
     def _server_tls(self, tls: BackendTLS, h2: bool) -> str:
         """Server options for a BackendTLSPolicy: send its hostname as SNI and
         verify the chain against its CAs and the certificate's names against
         that hostname."""
-        if tls.ca_pem is None:
-            ca = "@system-ca"
-        else:
-            path = f"{CERT_DIR}/ca-{hashlib.sha256(tls.ca_pem).hexdigest()[:16]}.pem"
-            self.files[path] = tls.ca_pem
-            ca = f"{self.run_dir}/{path}"
+        ca = "@system-ca" if tls.ca_pem is None else self._ca_file(tls.ca_pem)
         host = escape.hostname(tls.hostname, wildcard=False)
         alpn = " alpn h2" if h2 else ""
         crt = ""

@@ -594,6 +594,7 @@ def _l7_listener(
         gateway=str(state.key),
         listener=ls.listener.name,
         listener_set=str(ls.listener_set) if ls.listener_set is not None else "",
+        client_validation=ls.client_validation,
         vips=state.vips,
         port=ls.listener.port,
         protocol=ls.listener.protocol,

@@ -16,6 +16,8 @@ SUPPORTED_FEATURES: tuple[str, ...] = tuple(
             "Gateway",
             "GatewayAddressEmpty",
             "GatewayBackendClientCertificate",
+            "GatewayFrontendClientCertificateValidation",
+            "GatewayFrontendClientCertificateValidationInsecureFallback",
             "GatewayHTTPListenerIsolation",
             "GatewayHTTPSListenerDetectMisdirectedRequests",
             "GatewayPort8080",

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.core import EndpointSlice
 from agent.model.gateway import (
+    FrontendTLS,
+    FrontendValidation,
     Gateway,
     GatewayClass,
     Listener,
@@ -27,25 +29,31 @@ from agent.model.gateway import (
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_order
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
 from agent.model.snapshot import InvalidObject
-from agent.state import TLSCertificate
+from agent.state import ClientValidation, TLSCertificate
+from agent.translate.backendtls import ca_problem
 from agent.translate.index import SnapshotIndex
 from agent.translate.ipam import AddressRequest, assign
 from agent.translate.refs import reference_permitted
 from agent.translate.status import (
     ACCEPTED,
     CONFLICTED,
+    INSECURE_FRONTEND_VALIDATION_MODE,
     PROGRAMMED,
     R_ACCEPTED,
     R_ADDRESS_NOT_ASSIGNED,
     R_ADDRESS_NOT_USABLE,
+    R_CONFIGURATION_CHANGED,
     R_HOSTNAME_CONFLICT,
     R_INVALID,
+    R_INVALID_CA_CERTIFICATE_KIND,
+    R_INVALID_CA_CERTIFICATE_REF,
     R_INVALID_CERTIFICATE_REF,
     R_INVALID_CLIENT_CERTIFICATE_REF,
     R_INVALID_PARAMETERS,
     R_INVALID_ROUTE_KINDS,
     R_LISTENERS_NOT_VALID,
     R_NO_CONFLICTS,
+    R_NO_VALID_CA_CERTIFICATE,
     R_PORT_UNAVAILABLE,
     R_PROGRAMMED,
     R_PROTOCOL_CONFLICT,
@@ -102,6 +110,7 @@ class ListenerState:
     conflict: tuple[str, str] | None = None
     unresolved: tuple[str, str] | None = None
     certificates: list[TLSCertificate] = field(default_factory=list)
+    client_validation: ClientValidation | None = None
     attached_routes: int = 0
 
     @property
@@ -275,6 +284,18 @@ class GatewayState:
         else:
             conds.append(
                 Condition(RESOLVED_REFS, True, R_RESOLVED_REFS, "All references resolved", gen)
+            )
+        insecure = _insecure_ports(self.gateway.frontend_tls)
+        if insecure:
+            conds.append(
+                Condition(
+                    INSECURE_FRONTEND_VALIDATION_MODE,
+                    True,
+                    R_CONFIGURATION_CHANGED,
+                    f"client certificate validation is AllowInsecureFallback on {insecure}: "
+                    "connections without a valid client certificate are accepted",
+                    gen,
+                )
             )
         programmed = self.programmed
         if programmed:
@@ -688,8 +709,95 @@ def _resolve_certificates(ls: ListenerState, index: SnapshotIndex) -> None:
         ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems))
 
 
-def judge_listener(ls: ListenerState, index: SnapshotIndex) -> None:
-    """A listener on its own: its protocol, route kinds and certificates."""
+def _insecure_ports(frontend: FrontendTLS | None) -> str:
+    if frontend is None:
+        return ""
+    where = []
+    if frontend.default is not None and frontend.default.mode == "AllowInsecureFallback":
+        where.append("the default")
+    where += [
+        f"port {port}"
+        for port, v in frontend.per_port
+        if v is not None and v.mode == "AllowInsecureFallback"
+    ]
+    return ", ".join(where)
+
+
+def _resolve_client_validation(
+    ls: ListenerState, frontend: FrontendTLS, index: SnapshotIndex
+) -> None:
+    """The CA bundle a terminating listener checks client certificates
+    against (spec.tls.frontend, per port or the default)."""
+    port = ls.listener.port
+    validation: FrontendValidation | None = frontend.for_port(port)
+    if validation is None:
+        return
+    at = (
+        f"spec.tls.frontend.perPort[port={port}]"
+        if any(p == port for p, _ in frontend.per_port)
+        else "spec.tls.frontend.default"
+    )
+    gateway_ns = ls.gateway.namespace
+    bundles: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for i, ref in enumerate(validation.ca_certificate_refs):
+        where = f"{at}.validation.caCertificateRefs[{i}]"
+        if (ref.group, ref.kind) != (CORE_GROUP, "ConfigMap"):
+            kind = f"{ref.kind}.{ref.group}" if ref.group else ref.kind
+            problems.append(
+                (
+                    R_INVALID_CA_CERTIFICATE_KIND,
+                    f"{where}: unsupported kind {kind} (only ConfigMap)",
+                )
+            )
+            continue
+        namespace = ref.namespace or gateway_ns
+        if not reference_permitted(
+            index,
+            from_group=GATEWAY_GROUP,
+            from_kind="Gateway",
+            from_namespace=gateway_ns,
+            to_group=CORE_GROUP,
+            to_kind="ConfigMap",
+            to_namespace=namespace,
+            to_name=ref.name,
+        ):
+            problems.append(
+                (
+                    R_REF_NOT_PERMITTED,
+                    f"{where}: ConfigMap {namespace}/{ref.name} is in another namespace and no "
+                    "ReferenceGrant allows it",
+                )
+            )
+            continue
+        config_map = index.config_maps.get(Key(namespace, ref.name))
+        pem = config_map.ca_certificate if config_map is not None else None
+        problem = "not found" if config_map is None else ("has no ca.crt" if not pem else None)
+        if problem is None and pem is not None:
+            problem = ca_problem(pem)
+        if problem is not None or pem is None:
+            problems.append(
+                (
+                    R_INVALID_CA_CERTIFICATE_REF,
+                    f"{where}: ConfigMap {namespace}/{ref.name} {problem}",
+                )
+            )
+            continue
+        bundles.append(pem.strip() + "\n")
+    if problems and ls.unresolved is None:
+        ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems)[:1024])
+    if not bundles:
+        ls.not_accepted = (R_NO_VALID_CA_CERTIFICATE, f"{at}: no caCertificateRef is usable")
+        return
+    insecure = validation.mode == "AllowInsecureFallback"
+    ls.client_validation = ClientValidation("".join(bundles).encode(), insecure)
+
+
+def judge_listener(
+    ls: ListenerState, index: SnapshotIndex, frontend: FrontendTLS | None = None
+) -> None:
+    """A listener on its own: its protocol, route kinds and certificates
+    (its own, and those it checks clients' against)."""
     protocol = ls.listener.protocol
     if (protocol, ls.tls_mode) not in ROUTE_KINDS_BY_PROTOCOL:
         if protocol in L7_PROTOCOLS:
@@ -703,6 +811,8 @@ def judge_listener(ls: ListenerState, index: SnapshotIndex) -> None:
     _supported_kinds(ls)
     if ls.needs_certificates:
         _resolve_certificates(ls, index)
+        if frontend is not None:
+            _resolve_client_validation(ls, frontend, index)
 
 
 def evaluate_gateway(
@@ -719,7 +829,7 @@ def evaluate_gateway(
         ],
     )
     for ls in state.listeners:
-        judge_listener(ls, index)
+        judge_listener(ls, index, gateway.frontend_tls)
     _mark_conflicts(state.listeners)
 
     if not class_accepted:

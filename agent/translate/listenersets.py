@@ -153,7 +153,7 @@ def attach_listener_sets(
             continue
         taken = [ls for ls in (*gateway.listeners, *gateway.set_listeners) if ls.accepted]
         for ls in state.listeners:
-            judge_listener(ls, index)
+            judge_listener(ls, index, gateway.gateway.frontend_tls)
             if ls.not_accepted is not None:
                 continue
             ls.conflict = listener_conflict(ls, taken)

@@ -49,6 +49,7 @@ from agent.state import (
     Backend,
     BackendSet,
     BackendTLS,
+    ClientValidation,
     DesiredState,
     FrontendSource,
     HTTPMatch,
@@ -188,8 +189,9 @@ def request(
     port: int = 80,
     sni: str | None = None,
     tls: bool = False,
+    client_cert: str | None = None,
 ) -> Reply:
-    conn = _connect(addr, port, sni if sni is not None else host, tls)
+    conn = _connect(addr, port, sni if sni is not None else host, tls, client_cert)
     try:
         conn.request(method, path, headers={"Host": host, **(headers or {})})
         resp = conn.getresponse()
@@ -198,12 +200,17 @@ def request(
         conn.close()
 
 
-def _connect(addr: str, port: int, sni: str, tls: bool) -> http.client.HTTPConnection:
+def _connect(
+    addr: str, port: int, sni: str, tls: bool, client_cert: str | None = None
+) -> http.client.HTTPConnection:
+    """`client_cert`: a PEM file with a certificate and its key to present."""
     conn = http.client.HTTPConnection(addr, port, timeout=5)
     if tls:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        if client_cert is not None:
+            ctx.load_cert_chain(client_cert)
         raw = socket.create_connection((addr, port), timeout=5)
         conn.sock = ctx.wrap_socket(raw, server_hostname=sni)
     return conn
@@ -1059,3 +1066,38 @@ def test_backend_tls_presents_the_gateway_client_certificate(env: Env) -> None:
     assert (got.doc["name"], got.doc["client"]) == ("be1", "gateway.client")
     refused = env.get("/without")
     assert refused.status in (502, 503), refused
+
+
+def test_https_listener_checks_client_certificates(env: Env) -> None:
+    """Gateway spec.tls.frontend: AllowValidOnly refuses a client without a
+    certificate from the CA, AllowInsecureFallback lets it through."""
+    a = env.certs["a.example.com"]
+    good = env.tmp / "client-good.pem"
+    good.write_bytes(env.client_cert.cert_pem + env.client_cert.key_pem)
+    other = env.tmp / "client-other.pem"
+    other.write_bytes(env.certs["b.example.com"].cert_pem + env.certs["b.example.com"].key_pem)
+    ca = ClientValidation(env.client_cert.cert_pem)
+
+    def https(port: int, validation: ClientValidation) -> L7Listener:
+        return replace(
+            listener(
+                {"a.example.com": [entry("a", to(svc(1)))]},
+                name=f"https-{port}",
+                port=port,
+                protocol="HTTPS",
+                certificates=(a,),
+            ),
+            client_validation=validation,
+        )
+
+    env.apply(https(4443, ca), https(5443, replace(ca, insecure_fallback=True)))
+
+    def get(port: int, cert: str | None) -> Reply:
+        return env.get("/", "a.example.com", port=port, tls=True, client_cert=cert)
+
+    assert get(4443, str(good)).name == "be1"
+    for cert in (None, str(other)):
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            get(4443, cert)
+    for cert in (str(good), None, str(other)):
+        assert get(5443, cert).name == "be1"

@@ -11,7 +11,6 @@ HAProxy to a TLS backend: tests/e2e/test_proxy_http.py.
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,13 @@ from helpers import (
     secret,
     status,
 )
-from test_conformance_manifests import INFRA, TESTS, _assign_addresses, _documents
+from test_conformance_manifests import (
+    INFRA,
+    TESTS,
+    _assign_addresses,
+    _documents,
+    ca_certificate,
+)
 
 from agent.model.snapshot import build_snapshot
 from agent.proxy.render import render
@@ -45,16 +50,9 @@ needs_suite = pytest.mark.skipif(not TESTS.is_dir(), reason=f"{TESTS} is not pre
 
 
 @pytest.fixture(scope="module")
-def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real CA certificate, as the suite puts in its ConfigMaps."""
-    d: Path = tmp_path_factory.mktemp("ca")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=test-ca", "-keyout", str(d / "ca.key"),
-         "-out", str(d / "ca.pem")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return (d / "ca.pem").read_text()
+def ca_pem() -> str:
+    """A real CA certificate: the one in the CA ConfigMaps the suite creates."""
+    return ca_certificate()
 
 
 def config_map(name: str, ca: str | None, namespace: str = INFRA, **extra: str) -> Doc:
@@ -68,11 +66,9 @@ def config_map(name: str, ca: str | None, namespace: str = INFRA, **extra: str) 
 
 
 def load(test_file: str, ca: str) -> Translation:
+    """The manifests with the suite's Secrets and CA ConfigMaps (whose CA is `ca`)."""
+    assert ca == ca_certificate()
     docs = copy.deepcopy(list(_documents(test_file)))
-    docs += [
-        config_map("tls-checks-ca-certificate", ca, **{"key.crt": "not kept"}),
-        config_map("mismatch-ca-certificate", ca),
-    ]
     _assign_addresses(docs)
     snap = build_snapshot((d, f"{test_file}#{i}") for i, d in enumerate(docs))
     return translate(snap, controller_name=CONTROLLER)
@@ -205,7 +201,6 @@ def test_policy_conditions_follow_its_generation(ca_pem: str) -> None:
     for d in docs:
         if d.get("kind") == POLICY:
             d["metadata"]["generation"] = 7
-    docs.append(config_map("tls-checks-ca-certificate", ca_pem))
     _assign_addresses(docs)
     tr = translate(build_snapshot((d, "m") for d in docs), controller_name=CONTROLLER)
     st = status(tr, POLICY, "observed-generation-bump", INFRA)
@@ -347,8 +342,7 @@ def test_the_proxy_verifies_the_backend_with_the_policy(ca_pem: str, tmp_path: P
 @needs_suite
 def test_the_gateway_presents_its_client_certificate_to_tls_backends(ca_pem: str) -> None:
     docs = copy.deepcopy(list(_documents("gateway-tls-backend-client-certificate")))
-    docs += [config_map("tls-checks-ca-certificate", ca_pem),
-             secret("tls-checks-client-certificate", namespace=INFRA)]  # fmt: skip
+    docs.append(secret("tls-checks-client-certificate", namespace=INFRA))
     _assign_addresses(docs)
     tr = translate(build_snapshot((d, "m") for d in docs), controller_name=CONTROLLER)
     gw = status(tr, "Gateway", "gateway-tls-backend-client-certificate", INFRA)

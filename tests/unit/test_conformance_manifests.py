@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +52,39 @@ SUITE_SECRETS = [
     (INFRA, "tls-terminate-checks-certificate"),
 ]
 
+# CA ConfigMaps the suite creates in Setup (ca.crt with a real CA certificate:
+# gatewaylb loads CA bundles with the TLS library before using them).
+SUITE_CA_CONFIG_MAPS = [
+    (INFRA, "tls-validity-checks-ca-certificate"),
+    (INFRA, "tls-validity-checks-per-port-ca-certificate"),
+    (INFRA, "tls-checks-ca-certificate"),
+    (INFRA, "mismatch-ca-certificate"),
+    (WEB, "web-backend-cm"),
+]
+
 Doc = dict[str, Any]
 Mutation = Callable[[list[Doc]], None]
+
+
+@functools.cache
+def ca_certificate() -> str:
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=suite-ca",
+             "-keyout", f"{d}/k.pem", "-out", f"{d}/c.pem"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return Path(f"{d}/c.pem").read_text()
+
+
+def ca_config_map(name: str, namespace: str) -> Doc:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"ca.crt": ca_certificate()},
+    }
 
 
 def _read(path: Path) -> list[Doc]:
@@ -66,6 +99,7 @@ def _documents(test_file: str) -> tuple[Doc, ...]:
     if test_file:
         docs += _read(TESTS / f"{test_file}.yaml")
     docs += [secret(name, namespace=ns) for ns, name in SUITE_SECRETS]
+    docs += [ca_config_map(name, ns) for ns, name in SUITE_CA_CONFIG_MAPS]
     return tuple(docs)
 
 
