@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from agent.model.fields import DNS1123_SUBDOMAIN, GROUP_NAME, KIND_NAME, FieldError, Fields
 from agent.model.meta import ObjectMeta
+from agent.model.routes import LocalObjectReference
 
 # The CRD's patterns: a SAN hostname may be a wildcard; a URI needs a scheme and authority.
 SAN_HOSTNAME = re.compile(
@@ -27,13 +28,6 @@ class PolicyTargetRef:
     kind: str
     name: str
     section_name: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LocalObjectReference:
-    group: str
-    kind: str
-    name: str
 
 
 @dataclass(frozen=True, slots=True)

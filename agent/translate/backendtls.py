@@ -18,20 +18,19 @@ backendRefs reach a Service it targets (its "ancestors").
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, Key, age_order
 from agent.model.policy import BackendTLSPolicy
 from agent.state import BackendTLS
+from agent.translate.cabundles import resolve_ca_bundles
 from agent.translate.index import SnapshotIndex
 from agent.translate.status import (
     ACCEPTED,
     R_ACCEPTED,
     R_CONFLICTED,
     R_INVALID,
-    R_INVALID_CA_CERTIFICATE_REF,
     R_INVALID_KIND,
     R_NO_VALID_CA_CERTIFICATE,
     R_RESOLVED_REFS,
@@ -142,52 +141,19 @@ def _describe(targets: list[Target]) -> str:
     )
 
 
-def ca_problem(pem: str) -> str | None:
-    """Why `pem` is no CA bundle the TLS library can load, or None."""
-    if "-----BEGIN CERTIFICATE-----" not in pem:
-        return "holds no PEM certificate"
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
-    except (ssl.SSLError, ValueError) as exc:
-        return f"cannot be loaded: {exc}"[:200]
-    return None
-
-
 def _validate(verdict: PolicyVerdict, index: SnapshotIndex) -> None:
     policy = verdict.policy
-    namespace = policy.meta.namespace
-    bundles: list[str] = []
-    problems: list[tuple[str, str]] = []
-    for i, ref in enumerate(policy.ca_certificate_refs):
-        where = f"spec.validation.caCertificateRefs[{i}]"
-        if (ref.group, ref.kind) != (CORE_GROUP, "ConfigMap"):
-            kind = f"{ref.kind}.{ref.group}" if ref.group else ref.kind
-            problems.append((R_INVALID_KIND, f"{where}: unsupported kind {kind} (only ConfigMap)"))
-            continue
-        config_map = index.config_maps.get(Key(namespace, ref.name))
-        if config_map is None:
-            problems.append(
-                (
-                    R_INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ref.name} not found",
-                )
-            )
-            continue
-        pem = config_map.ca_certificate
-        problem = "has no ca.crt" if not pem else ca_problem(pem)
-        if problem is not None or pem is None:
-            problems.append(
-                (
-                    R_INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ref.name} {problem}",
-                )
-            )
-            continue
-        bundles.append(pem.strip() + "\n")
-    if problems:
-        verdict.unresolved = (problems[0][0], "; ".join(m for _, m in problems)[:1024])
+    bundles = resolve_ca_bundles(
+        index,
+        policy.ca_certificate_refs,
+        where="spec.validation",
+        from_kind="BackendTLSPolicy",
+        from_namespace=policy.meta.namespace,
+        bad_kind=R_INVALID_KIND,
+    )
+    verdict.unresolved = bundles.unresolved
     well_known = policy.well_known_ca_certificates
-    if policy.ca_certificate_refs and not bundles:
+    if policy.ca_certificate_refs and not bundles.pems:
         verdict.not_accepted = (R_NO_VALID_CA_CERTIFICATE, "no caCertificateRef is usable")
         return
     if well_known is not None and well_known != "System":
@@ -210,5 +176,5 @@ def _validate(verdict: PolicyVerdict, index: SnapshotIndex) -> None:
             "(HAProxy 2.6 checks the certificate against the SNI it sends)",
         )
         return
-    ca = "".join(bundles).encode() if bundles else None
+    ca = bundles.pem if bundles.pems else None
     verdict.tls = BackendTLS(str(policy.meta.key), policy.hostname, ca)

@@ -30,7 +30,7 @@ from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, GroupKind, Key, age_orde
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE
 from agent.model.snapshot import InvalidObject
 from agent.state import ClientValidation, TLSCertificate
-from agent.translate.backendtls import ca_problem
+from agent.translate.cabundles import resolve_ca_bundles
 from agent.translate.index import SnapshotIndex
 from agent.translate.ipam import AddressRequest, assign
 from agent.translate.refs import reference_permitted
@@ -46,7 +46,6 @@ from agent.translate.status import (
     R_HOSTNAME_CONFLICT,
     R_INVALID,
     R_INVALID_CA_CERTIFICATE_KIND,
-    R_INVALID_CA_CERTIFICATE_REF,
     R_INVALID_CERTIFICATE_REF,
     R_INVALID_CLIENT_CERTIFICATE_REF,
     R_INVALID_PARAMETERS,
@@ -737,60 +736,23 @@ def _resolve_client_validation(
         if any(p == port for p, _ in frontend.per_port)
         else "spec.tls.frontend.default"
     )
-    gateway_ns = ls.gateway.namespace
-    bundles: list[str] = []
-    problems: list[tuple[str, str]] = []
-    for i, ref in enumerate(validation.ca_certificate_refs):
-        where = f"{at}.validation.caCertificateRefs[{i}]"
-        if (ref.group, ref.kind) != (CORE_GROUP, "ConfigMap"):
-            kind = f"{ref.kind}.{ref.group}" if ref.group else ref.kind
-            problems.append(
-                (
-                    R_INVALID_CA_CERTIFICATE_KIND,
-                    f"{where}: unsupported kind {kind} (only ConfigMap)",
-                )
-            )
-            continue
-        namespace = ref.namespace or gateway_ns
-        if not reference_permitted(
-            index,
-            from_group=GATEWAY_GROUP,
-            from_kind="Gateway",
-            from_namespace=gateway_ns,
-            to_group=CORE_GROUP,
-            to_kind="ConfigMap",
-            to_namespace=namespace,
-            to_name=ref.name,
-        ):
-            problems.append(
-                (
-                    R_REF_NOT_PERMITTED,
-                    f"{where}: ConfigMap {namespace}/{ref.name} is in another namespace and no "
-                    "ReferenceGrant allows it",
-                )
-            )
-            continue
-        config_map = index.config_maps.get(Key(namespace, ref.name))
-        pem = config_map.ca_certificate if config_map is not None else None
-        problem = "not found" if config_map is None else ("has no ca.crt" if not pem else None)
-        if problem is None and pem is not None:
-            problem = ca_problem(pem)
-        if problem is not None or pem is None:
-            problems.append(
-                (
-                    R_INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ref.name} {problem}",
-                )
-            )
-            continue
-        bundles.append(pem.strip() + "\n")
-    if problems and ls.unresolved is None:
-        ls.unresolved = (problems[0][0], "; ".join(m for _, m in problems)[:1024])
-    if not bundles:
+    refs = validation.ca_certificate_refs
+    bundles = resolve_ca_bundles(
+        index,
+        refs,
+        where=f"{at}.validation",
+        from_kind="Gateway",
+        from_namespace=ls.gateway.namespace,
+        namespaces=[ref.namespace for ref in refs],
+        bad_kind=R_INVALID_CA_CERTIFICATE_KIND,
+    )
+    if ls.unresolved is None:
+        ls.unresolved = bundles.unresolved
+    if not bundles.pems:
         ls.not_accepted = (R_NO_VALID_CA_CERTIFICATE, f"{at}: no caCertificateRef is usable")
         return
     insecure = validation.mode == "AllowInsecureFallback"
-    ls.client_validation = ClientValidation("".join(bundles).encode(), insecure)
+    ls.client_validation = ClientValidation(bundles.pem, insecure)
 
 
 def judge_listener(

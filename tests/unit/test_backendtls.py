@@ -39,7 +39,7 @@ from agent.model.snapshot import build_snapshot
 from agent.proxy.render import render
 from agent.state import BackendTLS
 from agent.translate import Translation, translate
-from agent.translate.backendtls import ca_problem
+from agent.translate.cabundles import ca_problem
 from agent.translate.rejections import rejections
 
 Doc = dict[str, Any]
