@@ -1,10 +1,9 @@
 """Route attachment: which listeners a route's parentRefs select, and why not.
 
 For every parentRef that names one of our Gateways, or a ListenerSet of one,
-this decides Accepted (with
-NoMatchingParent, NotAllowedByListeners or NoMatchingListenerHostname when it
-fails) and, when accepted, the listeners the route is attached to together with
-the hostnames it serves on each.  It counts attachedRoutes as the spec says:
+this decides Accepted (with NoMatchingParent, NotAllowedByListeners or
+NoMatchingListenerHostname when it fails) and, when accepted, the listeners
+the route is attached to together with the hostnames it serves on each.  It counts attachedRoutes as the spec says:
 only routes that are Accepted on that listener.
 """
 
