@@ -3,8 +3,9 @@
 For every parentRef that names one of our Gateways, or a ListenerSet of one,
 this decides Accepted (with NoMatchingParent, NotAllowedByListeners or
 NoMatchingListenerHostname when it fails) and, when accepted, the listeners
-the route is attached to together with the hostnames it serves on each.  It counts attachedRoutes as the spec says:
-only routes that are Accepted on that listener.
+the route is attached to together with the hostnames it serves on each.  It
+counts attachedRoutes as the spec says: only routes that are Accepted on that
+listener.
 """
 
 from __future__ import annotations
