@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.core import EndpointSlice
@@ -68,9 +68,6 @@ from agent.translate.status import (
     GatewayStatus,
     ListenerStatus,
 )
-
-if TYPE_CHECKING:
-    from agent.translate.listenersets import ListenerSetState
 
 GATEWAY_API_VERSION = "v1.6.1"
 
@@ -209,6 +206,19 @@ class ListenerState:
         )
 
 
+class AttachedListeners(Protocol):
+    """What a Gateway needs of a ListenerSet that names it (listenersets.py):
+    whether it is admitted and accepted, and its listeners."""
+
+    listeners: list[ListenerState]
+
+    @property
+    def attached(self) -> bool: ...
+
+    @property
+    def accepted(self) -> bool: ...
+
+
 @dataclass
 class GatewayState:
     gateway: Gateway
@@ -223,7 +233,7 @@ class GatewayState:
     client_certificate: TLSCertificate | None = None
     # ListenerSets whose parentRef names this Gateway and which it allows, in
     # the spec's order of precedence (see listenersets.py).
-    listener_sets: list[ListenerSetState] = field(default_factory=list)
+    listener_sets: list[AttachedListeners] = field(default_factory=list)
     # Set by settle() once listener verdicts are final: routes ask for every parentRef.
     _accepted: bool | None = None
 
