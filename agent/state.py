@@ -48,6 +48,11 @@ class FrontendSource:
     route: str = ""  # "namespace/name" of the route carrying the traffic
 
 
+# A kernel frontend's identity, the same in both dataplanes and in status:
+# (VIP, "tcp" | "udp", port).
+FrontendKey = tuple[str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class L4Frontend:
     vip: str
@@ -58,7 +63,7 @@ class L4Frontend:
     source: FrontendSource
 
     @property
-    def key(self) -> tuple[str, str, int]:
+    def key(self) -> FrontendKey:
         return (self.vip, self.protocol, self.port)
 
     @property

@@ -25,7 +25,7 @@ from agent.model.meta import Key as GatewayKey
 from agent.model.snapshot import Snapshot
 from agent.osutil import write_atomically
 from agent.output import translation_document
-from agent.sources.kube import Key, KubeSource, ObjectRef
+from agent.sources.kube import Key, KubeSource, StatusTarget
 from agent.sources.kubeapi import ApiError, KubeClient
 from agent.translate import Translation
 from agent.translate.status import Status
@@ -238,7 +238,7 @@ class KubeStatusWriter:
             self._confirmed = {k: v for k, v in self._confirmed.items() if k in ours}
 
     def _patch_logged(
-        self, key: Key, target: ObjectRef, new: dict[str, Any], now: str
+        self, key: Key, target: StatusTarget, new: dict[str, Any], now: str
     ) -> str | None:
         """The object's resourceVersion once its status is current, None on failure."""
         try:
@@ -253,13 +253,13 @@ class KubeStatusWriter:
             )
             return None
 
-    def _has_our_entries(self, ref: ObjectRef) -> bool:
+    def _has_our_entries(self, ref: StatusTarget) -> bool:
         entries = (ref.status or {}).get(SHARED_STATUS[ref.resource.kind][0]) or []
         return any(
             isinstance(p, dict) and p.get("controllerName") == self._controller for p in entries
         )
 
-    def _patch(self, key: Key, ref: ObjectRef, new: dict[str, Any], now: str) -> str | None:
+    def _patch(self, key: Key, ref: StatusTarget, new: dict[str, Any], now: str) -> str | None:
         status, rv = ref.status, ref.resource_version
         for attempt in range(4):
             merged = merge_status(key[0], status, new, now, self._controller)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.state import DesiredState
+from agent.state import DesiredState, FrontendKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,8 @@ class ProgrammedFrontend:
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
     changed: int  # frontends written or removed
-    # (vip, protocol, port) -> error message, for frontends that failed
-    errors: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    # frontend -> error message, for frontends that failed
+    errors: dict[FrontendKey, str] = field(default_factory=dict)
 
 
 class Dataplane(Protocol):

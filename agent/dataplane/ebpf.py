@@ -85,11 +85,19 @@ from typing import Any, Final
 
 from agent.dataplane import maglev
 from agent.dataplane.base import FrontendCounters, ProgrammedFrontend, ReconcileResult
-from agent.state import TCP, UDP, Backend, DesiredState, FrontendSource, L4Frontend
+from agent.state import (
+    TCP,
+    UDP,
+    Backend,
+    DesiredState,
+    FrontendKey,
+    FrontendSource,
+    L4Frontend,
+)
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, int]
+Key = FrontendKey
 
 # The C sources, compiled at load: the repository's bpf/ in a checkout, or where
 # an installed image put them (the Dockerfile sets GATEWAYLB_BPF_DIR).

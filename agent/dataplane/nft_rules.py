@@ -76,7 +76,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.state import TCP, UDP, Backend, L4Frontend
+from agent.state import TCP, UDP, Backend, FrontendKey, L4Frontend
 
 FAMILY = "inet"
 TABLE = "gatewaylb"  # the shared table
@@ -95,7 +95,7 @@ SKELETON_VERSION = 2
 SKELETON_TAG = f"glb skeleton v{SKELETON_VERSION} shards={SHARDS} hash=crc32"
 _FP_PREFIX = "glb "
 
-Key = tuple[str, str, int]
+Key = FrontendKey
 Cmd = dict[str, Any]
 
 

@@ -49,11 +49,11 @@ from agent.dataplane.base import (
     ReconcileResult,
 )
 from agent.gcpause import gc_paused
-from agent.state import UDP, DesiredState, L4Frontend
+from agent.state import UDP, DesiredState, FrontendKey, L4Frontend
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, int]
+Key = FrontendKey
 CounterState = tuple[bool, R.BackendKeys]
 _NO_COUNTERS: CounterState = (False, frozenset())
 NFPROTO_INET = 1

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from agent.dataplane.addresses import VIPAddresses
-from agent.state import TCP, DesiredState
+from agent.state import TCP, DesiredState, FrontendKey
 
 if TYPE_CHECKING:
     from agent.dataplane.nftables import NetlinkReader
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TABLE: Final = "gatewaylb_vips"
 PRIORITY: Final = -150
 
-ServedKey = tuple[str, str, int]  # (vip, "tcp" | "udp", port)
+ServedKey = FrontendKey
 
 
 class GuardError(RuntimeError):

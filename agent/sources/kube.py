@@ -91,7 +91,7 @@ class _KindState:
 
 
 @dataclass
-class ObjectRef:
+class StatusTarget:
     """Where a status writer finds an object: its resource and identity."""
 
     resource: ApiResource
@@ -183,11 +183,11 @@ class KubeSource:
 
     # -- what the status writer needs ------------------------------------------------
 
-    def status_refs(self) -> dict[Key, ObjectRef]:
+    def status_refs(self) -> dict[Key, StatusTarget]:
         by_kind = {r.kind: r for r in self._resources}
         with self._lock:
             return {
-                key: ObjectRef(by_kind[key[0]], key[1], key[2], e.resource_version, e.status)
+                key: StatusTarget(by_kind[key[0]], key[1], key[2], e.resource_version, e.status)
                 for key, e in self._objects.items()
                 if key[0] in STATUS_KINDS
             }
