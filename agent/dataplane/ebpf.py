@@ -9,8 +9,9 @@ other tables, routes or addresses.  It works in the network namespace of the
 thread that constructs it (netlink and libnftables sockets are opened there).
 
 This is the one module that knows the map layouts (the ctypes mirrors below
-follow bpf/gatewaylb.h).  Verbs: `upsert_frontend`, `set_backends`,
-`delete_frontend`, `read_counters`; `reconcile` batches the same writes.
+follow bpf/gatewaylb.h).  Verbs: `reconcile` (the frontends that differ from
+the desired state are written, in one batch, and the ones gone deleted) and
+`read_counters`.
 
 Map design (memory): the Maglev tables of all frontends live in ONE array map,
 a slot pool (`maglev`, `pool_slots` u32 slots, default 16 Mi = 64 MiB).  Each
@@ -91,7 +92,6 @@ from agent.state import (
     Backend,
     DesiredState,
     FrontendKey,
-    FrontendSource,
     L4Frontend,
 )
 
@@ -1086,21 +1086,6 @@ class EbpfDataplane:
             self._nft_cmd([{"delete": {"table": {"family": "inet", "name": NFT_TABLE}}}])
 
     # -- verbs ------------------------------------------------------------------------
-
-    def upsert_frontend(self, frontend: L4Frontend) -> None:
-        """Program one frontend (create or change its backends); raises on failure."""
-        errors = self._apply([frontend], [])
-        if errors:
-            raise EbpfError(next(iter(errors.values())))
-
-    def set_backends(self, key: Key, backends: Sequence[Backend], reject_weight: int = 0) -> None:
-        source = FrontendSource("", "", "")
-        self.upsert_frontend(
-            L4Frontend(key[0], key[1], key[2], tuple(backends), reject_weight, source)
-        )
-
-    def delete_frontend(self, key: Key) -> None:
-        self._apply([], [norm_key(key)])
 
     def reconcile(self, desired: DesiredState) -> ReconcileResult:
         want = {norm_key(f.key): f for f in desired.l4}
