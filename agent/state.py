@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from agent.model.routes import Retry, RouteFilter, Timeouts
+from agent.filters import Retry, RouteFilter, Timeouts
 
 TCP = "tcp"
 UDP = "udp"

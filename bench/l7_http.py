@@ -27,8 +27,11 @@ import time
 from pathlib import Path
 
 from agent.dataplane.addresses import VIPAddresses
+from agent.filters import (
+    HeaderModifier,
+    RouteFilter,
+)
 from agent.lab import Lab, vip4
-from agent.model.routes import HeaderModifier, RouteFilter
 from agent.proxy.worker import ProxyWorker
 from agent.state import (
     Backend,

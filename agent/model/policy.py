@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agent.filters import (
+    LocalObjectReference,
+)
 from agent.model.fields import DNS1123_SUBDOMAIN, GROUP_NAME, KIND_NAME, FieldError, Fields
 from agent.model.meta import ObjectMeta
-from agent.model.routes import LocalObjectReference
 
 # The CRD's patterns: a SAN hostname may be a wildcard; a URI needs a scheme and authority.
 SAN_HOSTNAME = re.compile(

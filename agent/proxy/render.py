@@ -50,8 +50,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.filters import (
+    CORSPolicy,
+    HeaderModifier,
+    PathModifier,
+    Retry,
+    RouteFilter,
+)
 from agent.logs import one_line
-from agent.model.routes import CORSPolicy, HeaderModifier, PathModifier, Retry, RouteFilter
 from agent.proxy import escape
 from agent.proxy.escape import Unrepresentable, word
 from agent.state import (

@@ -11,8 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agent.filters import (
+    BackendObjectReference,
+    RouteFilter,
+)
 from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, Key
-from agent.model.routes import UDP_ROUTE, BackendObjectReference, RouteFilter
+from agent.model.routes import (
+    UDP_ROUTE,
+)
 from agent.state import Backend, BackendSet, BackendTLS, ServiceBackend
 from agent.translate.backendtls import BackendTLSPolicies
 from agent.translate.index import SnapshotIndex

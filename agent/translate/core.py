@@ -15,6 +15,10 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.filters import (
+    BackendObjectReference,
+    RouteFilter,
+)
 from agent.gcpause import gc_paused
 from agent.model.config import CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.meta import Key, ObjectMeta, age_order
@@ -24,14 +28,12 @@ from agent.model.routes import (
     TCP_ROUTE,
     TLS_ROUTE,
     UDP_ROUTE,
-    BackendObjectReference,
     GRPCRoute,
     GRPCRouteRule,
     HTTPRoute,
     HTTPRouteRule,
     L4Route,
     Route,
-    RouteFilter,
     duration_seconds,
 )
 from agent.model.snapshot import InvalidObject, Snapshot

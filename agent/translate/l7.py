@@ -11,15 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agent.filters import (
+    Retry,
+    RouteFilter,
+    Timeouts,
+)
 from agent.model.meta import ObjectMeta, age_order
 from agent.model.routes import (
     GRPCRoute,
     GRPCRouteMatch,
     HTTPRoute,
     HTTPRouteMatch,
-    Retry,
-    RouteFilter,
-    Timeouts,
 )
 from agent.state import BackendSet, HTTPMatch, HTTPRouteEntry, MatchRule, VirtualHost
 from agent.translate.hostnames import specificity

@@ -32,9 +32,7 @@ import pytest
 
 from agent.dataplane.addresses import VIPAddresses
 from agent.dataplane.nftables import NftablesDataplane
-from agent.lab import Lab, vip4, vip6
-from agent.lab.netns import setns_current_thread
-from agent.model.routes import (
+from agent.filters import (
     CORSPolicy,
     HeaderModifier,
     PathModifier,
@@ -43,6 +41,8 @@ from agent.model.routes import (
     Timeouts,
     URLRewrite,
 )
+from agent.lab import Lab, vip4, vip6
+from agent.lab.netns import setns_current_thread
 from agent.proxy.render import H2C
 from agent.proxy.worker import ProxyWorker
 from agent.state import (

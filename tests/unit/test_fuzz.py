@@ -59,7 +59,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.dataplane import nft_rules as nft
-from agent.model.routes import HeaderModifier, L4Route, RouteFilter
+from agent.filters import (
+    HeaderModifier,
+    RouteFilter,
+)
+from agent.model.routes import (
+    L4Route,
+)
 from agent.model.snapshot import InvalidObject, LoadProblem, Snapshot, build_snapshot, parse_object
 from agent.output import dump, translation_document
 from agent.proxy import escape

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.model.routes import (
+from agent.filters import (
     BackendObjectReference,
     CORSPolicy,
     HeaderModifier,
