@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.model.meta import Key as GatewayKey
+from agent.model.routes import ROUTE_KINDS
 from agent.model.snapshot import Snapshot
 from agent.osutil import write_atomically
 from agent.output import translation_document
@@ -32,7 +33,6 @@ from agent.translate.status import Status
 
 log = logging.getLogger(__name__)
 
-ROUTE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"})
 # Kinds whose status is a list shared between controllers: (list, reference field).
 SHARED_STATUS: dict[str, tuple[str, str]] = {
     **{kind: ("parents", "parentRef") for kind in ROUTE_KINDS},

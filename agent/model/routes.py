@@ -54,6 +54,8 @@ TLS_ROUTE = "TLSRoute"
 TCP_ROUTE = "TCPRoute"
 UDP_ROUTE = "UDPRoute"
 L4_ROUTE_KINDS = (TCP_ROUTE, UDP_ROUTE, TLS_ROUTE)
+# Every route kind gatewaylb reads: the one list of them.
+ROUTE_KINDS = (HTTP_ROUTE, GRPC_ROUTE, *L4_ROUTE_KINDS)
 
 
 @dataclass(frozen=True, slots=True)

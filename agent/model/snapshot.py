@@ -50,9 +50,8 @@ from agent.model.known import unknown_fields, unknown_kind_problem
 from agent.model.meta import GATEWAY_GROUP, ObjectMeta, parse_meta
 from agent.model.policy import BackendTLSPolicy, parse_backend_tls_policy
 from agent.model.routes import (
-    GRPC_ROUTE,
-    HTTP_ROUTE,
     L4_ROUTE_KINDS,
+    ROUTE_KINDS,
     GRPCRoute,
     HTTPRoute,
     L4Route,
@@ -83,7 +82,6 @@ SERVED_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     CONFIG_KIND: (CONFIG_GROUP, ("v1alpha1",)),
 }
 CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace", CONFIG_KIND})
-ROUTE_KINDS = (HTTP_ROUTE, GRPC_ROUTE, *L4_ROUTE_KINDS)
 
 
 @dataclass(frozen=True, slots=True)

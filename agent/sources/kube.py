@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.gcpause import gc_paused
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND
+from agent.model.routes import ROUTE_KINDS
 from agent.model.snapshot import LoadProblem, Parsed, Snapshot, SnapshotBuilder, parse_object
 from agent.sources.kubeapi import ApiError, ApiResource, Gone, KubeClient
 
@@ -59,17 +60,7 @@ OPTIONAL_RETRY_SECONDS = 30.0
 # Only TLS Secrets can be certificateRefs; the rest are none of the agent's business.
 FIELD_SELECTORS = {"Secret": "type=kubernetes.io/tls"}
 STATUS_KINDS = frozenset(
-    {
-        "GatewayClass",
-        "Gateway",
-        "ListenerSet",
-        "HTTPRoute",
-        "GRPCRoute",
-        "TLSRoute",
-        "TCPRoute",
-        "UDPRoute",
-        "BackendTLSPolicy",
-    }
+    {"GatewayClass", "Gateway", "ListenerSet", *ROUTE_KINDS, "BackendTLSPolicy"}
 )
 
 Key = tuple[str, str, str]  # kind, namespace, name

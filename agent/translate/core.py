@@ -23,11 +23,9 @@ from agent.gcpause import gc_paused
 from agent.model.config import CONFIG_KIND, AddressPool, GatewayLBConfig
 from agent.model.meta import Key, ObjectMeta, age_order
 from agent.model.routes import (
-    GRPC_ROUTE,
-    HTTP_ROUTE,
+    ROUTE_KINDS,
     TCP_ROUTE,
     TLS_ROUTE,
-    UDP_ROUTE,
     GRPCRoute,
     GRPCRouteRule,
     HTTPRoute,
@@ -410,7 +408,7 @@ def _invalid_status(
                 listeners=(),
             ),
         )
-    if inv.kind not in (HTTP_ROUTE, GRPC_ROUTE, TCP_ROUTE, TLS_ROUTE, UDP_ROUTE):
+    if inv.kind not in ROUTE_KINDS:
         return None
     entries = []
     for ref in inv.parent_refs:
