@@ -330,7 +330,7 @@ def test_a_failing_liveness_probe_restarts_the_container_and_logs_survive(
     )
     print(f"liveness: restarted, lastState {restarted.get('lastState')}")
     assert restarted["lastState"]["terminated"]["exitCode"] != 0
-    previous = c.kubectl("logs", "probed", "--previous")
+    previous = _logs_with_retry(c, "probed", "--previous")
     assert "3000" in previous, previous[-500:]
     c.kubectl("delete", "pod", "probed", "--wait=true", timeout=60)
 
