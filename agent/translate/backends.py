@@ -15,7 +15,7 @@ from agent.filters import (
     BackendObjectReference,
     RouteFilter,
 )
-from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, Key
+from agent.model.meta import CORE_GROUP, Key
 from agent.model.routes import (
     UDP_ROUTE,
 )
@@ -71,10 +71,8 @@ class BackendResolver:
         namespace = ref.namespace or route_namespace
         if not reference_permitted(
             self._index,
-            from_group=GATEWAY_GROUP,
             from_kind=route_kind,
             from_namespace=route_namespace,
-            to_group=CORE_GROUP,
             to_kind="Service",
             to_namespace=namespace,
             to_name=ref.name,

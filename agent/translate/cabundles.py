@@ -6,12 +6,13 @@ can load, or to the reason it cannot, with the spec's reasons.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, Key
+from agent.model.meta import CORE_GROUP, Key
 from agent.translate.index import SnapshotIndex
 from agent.translate.refs import reference_permitted
 from agent.translate.status import R_INVALID_CA_CERTIFICATE_REF, R_REF_NOT_PERMITTED
@@ -43,8 +44,11 @@ class Bundles:
         return "".join(self.pems).encode()
 
 
+@functools.lru_cache(maxsize=256)
 def ca_problem(pem: str) -> str | None:
-    """Why `pem` is no CA bundle the TLS library can load, or None."""
+    """Why `pem` is no CA bundle the TLS library can load, or None.  Cached:
+    every sync asks again of the same few bundles, for every listener and
+    policy that names one, and each answer costs a TLS context."""
     if "-----BEGIN CERTIFICATE-----" not in pem:
         return "holds no PEM certificate"
     try:
@@ -79,10 +83,8 @@ def resolve_ca_bundles(
         what = f"{at}: ConfigMap {namespace}/{ref.name}"
         if not reference_permitted(
             index,
-            from_group=GATEWAY_GROUP,
             from_kind=from_kind,
             from_namespace=from_namespace,
-            to_group=CORE_GROUP,
             to_kind="ConfigMap",
             to_namespace=namespace,
             to_name=ref.name,

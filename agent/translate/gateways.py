@@ -654,10 +654,8 @@ def _secret_problem(
         return (bad_ref, f"{where}: unsupported kind {ref.kind}.{ref.group}")
     if not reference_permitted(
         index,
-        from_group=GATEWAY_GROUP,
         from_kind=from_kind,
         from_namespace=from_namespace,
-        to_group=CORE_GROUP,
         to_kind="Secret",
         to_namespace=namespace,
         to_name=ref.name,

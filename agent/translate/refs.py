@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from agent.model.meta import CORE_GROUP, GATEWAY_GROUP
 from agent.translate.index import SnapshotIndex
 
 
 def reference_permitted(
     index: SnapshotIndex,
     *,
-    from_group: str,
     from_kind: str,
     from_namespace: str,
-    to_group: str,
     to_kind: str,
     to_namespace: str,
     to_name: str,
+    from_group: str = GATEWAY_GROUP,
+    to_group: str = CORE_GROUP,
 ) -> bool:
     """Same-namespace references are always allowed; others need a ReferenceGrant
-    in the target namespace that names both sides."""
+    in the target namespace that names both sides.  Every reference gatewaylb
+    judges goes from a Gateway API object to a core one (Secret, ConfigMap,
+    Service): the groups default to those."""
     if from_namespace == to_namespace:
         return True
     for grant in index.grants.get(to_namespace, ()):
