@@ -22,7 +22,6 @@ from agent import __version__
 from agent.announce.reconciler import MODES as ANNOUNCE_MODES
 from agent.announce.reconciler import AnnounceReconciler, withdraw_all
 from agent.daemon import Agent, SyncSettings
-from agent.dataplane.addresses import VIPAddresses, node_addresses
 from agent.dataplane.select import (
     DEFAULT_BPF_PIN_DIR,
     MODES,
@@ -34,24 +33,21 @@ from agent.dataplane.select import (
     open_dataplane,
 )
 from agent.dataplane.vips import NodeVIPs, VIPGuard
-from agent.election import LeaseElector
-from agent.events import EventRecorder
+from agent.kube.client import KubeClient
+from agent.kube.election import LeaseElector
+from agent.kube.events import EventRecorder
+from agent.kube.source import KubeSource
+from agent.kube.status import KubeStatusWriter
 from agent.logs import setup_logging
 from agent.metrics import AgentMetrics, HealthServer
 from agent.nodestatus import DEFAULT_AGENT_ADDRESS, read_node, status_document, status_table
 from agent.output import dump, translation_document
+from agent.proxy.addresses import VIPAddresses, node_addresses
 from agent.proxy.reconciler import ProxyReconciler
 from agent.proxy.worker import ProxyWorker
 from agent.sources.base import Source
 from agent.sources.files import FileSource, ManifestError, load_directory
-from agent.sources.kube import KubeSource
-from agent.sources.kubeapi import KubeClient
-from agent.statuswriter import (
-    FileStatusWriter,
-    KubeStatusWriter,
-    StatusWriter,
-    addresses_from_status_file,
-)
+from agent.statuswriter import FileStatusWriter, StatusWriter, addresses_from_status_file
 from agent.translate import DEFAULT_CONTROLLER_NAME, translate
 from agent.translate.rejections import foreign_classes, rejections
 

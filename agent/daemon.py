@@ -1,22 +1,29 @@
 """The agent's main loop: source -> translate -> reconcilers -> status, metrics.
 
-One asyncio loop.  A watcher task marks the state dirty when the source may
-have changed; the sync task debounces bursts, reads the source and
-translates, and hands the desired state to the L4 dataplane and the guard of
-unserved VIP ports in a worker thread (their kernel calls block); the L7
-lane takes the newest desired state beside it, so a slow render or
-`haproxy -c` never holds an L4 change back; a status task writes the latest
-result.  A failed sync is retried with exponential back-off, cut short by
-any new change; it never stops the loop, and /healthz fails when a loop
-makes no progress.  What was refused is logged once, when it changes.
-Exiting (SIGTERM/SIGINT) leaves the kernel as it is, so traffic keeps flowing.
+Every stage that converges the world is a reconciler (agent/reconcile.py);
+the loop runs them in ordered lanes (agent/lanes.py, which also turns what they
+could not do into Events and status conditions) and owns when each lane runs:
+- the L4 lane, in the sync: the kernel dataplane, then the guard of unserved
+  VIP ports;
+- the L7 lane, beside it: the L7 VIPs made local, the proxy, the stale VIPs
+  removed.  It takes the newest desired state, so a slow render or `haproxy
+  -c` never holds an L4 change back;
+- the announcer, after the L4 lane (a VIP is announced once it is served);
+- the status writers, beside the sync, latest result first.
+Stages in a lane are independent unless gated (`Gate`): one failing never
+stops the others.  A watcher task marks the state dirty when the source may
+have changed; the sync debounces bursts, reads the source and translates.  A
+lane that did not converge is retried with exponential back-off, cut short by
+any new change; it never stops the loop, and /healthz fails when a loop makes
+no progress.  What was refused is logged once, when it changes (said.py).
+Owns no kernel, proxy or API object itself: only the order and timing of the
+stages that do.  Exiting (SIGTERM/SIGINT) leaves the kernel as it is, so traffic keeps flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -25,20 +32,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.announce.reconciler import AnnounceReconciler
-from agent.dataplane.base import Dataplane, ReconcileResult
+from agent.dataplane.base import Dataplane
 from agent.dataplane.vips import NodeVIPs
-from agent.events import EventRecorder, ObjectRef
+from agent.kube.events import EventRecorder
+from agent.lanes import Gate, LaneRun, Stage, Stages
 from agent.metrics import AgentMetrics, LabelledCounters
-from agent.model.config import CONFIG_GROUP, CONFIG_KIND
 from agent.model.meta import Key
 from agent.model.snapshot import Snapshot
-from agent.proxy.feedback import apply_problems
-from agent.proxy.reconciler import Problem, ProxyReconciler
+from agent.proxy.reconciler import ProxyReconciler
+from agent.said import SaidOnce
 from agent.sources.base import Source
 from agent.state import DesiredState
-from agent.statuswriter import StatusWriter
+from agent.statuswriter import StatusView, StatusWriter
 from agent.translate import HostAddresses, Translation, translate
-from agent.translate.rejections import Rejection, foreign_classes, rejected_counts, rejections
 from agent.translate.status import GatewayStatus
 
 log = logging.getLogger("gatewaylb.agent")
@@ -54,8 +60,6 @@ MAX_PACE = 5.0
 # still syncs every rescan interval (10 s); the slowest legitimate sync seen
 # (10k frontends, cold) takes a few seconds.
 STALL_AFTER = 120.0
-# New problems said per sync: thousands of junk documents must not flood the log.
-LOG_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,36 +92,49 @@ class Agent:
         self._dataplane = dataplane
         self._metrics = metrics
         self._settings = settings
-        self._status_writers = list(status_writers)
         self._proxy = proxy
         self._events = events
         self._announcer = announcer
         self._node_vips = node_vips
         self._node_addresses = node_addresses
-        # What was last said about refused objects: only changes are logged.
-        self._rejections: frozenset[Rejection] = frozenset()
-        self._foreign_classes: frozenset[str] = frozenset()
-        self._source_problems: frozenset[str] = frozenset()
+        # The lanes, in the order their stages run.
+        self._l4_lane: tuple[Stage[DesiredState], ...] = (
+            Stage(dataplane, kernel=True, counted=True),
+            *([Stage(node_vips.guarding, Gate.APPLIED, kernel=True)] if node_vips else []),
+        )
+        self._l7_lane: tuple[Stage[DesiredState], ...] = ()
+        if proxy is not None:
+            self._l7_lane = (
+                *([Stage(node_vips.adding, kernel=True)] if node_vips else []),
+                Stage(proxy, Gate.CONVERGED),
+                *([Stage(node_vips.removing, Gate.CONVERGED, kernel=True)] if node_vips else []),
+            )
+        self._announce_lane: tuple[Stage[DesiredState], ...] = (
+            (Stage(announcer, Gate.APPLIED),) if announcer is not None else ()
+        )
+        self._status_lane: tuple[Stage[StatusView], ...] = tuple(Stage(w) for w in status_writers)
+        self._said = SaidOnce(metrics, settings.controller_name)
         # Addresses Gateways held (from the pools): kept across syncs and, via
         # the status file, across restarts, so assignments never move.
         self._addresses: dict[Key, tuple[str, ...]] = dict(prior_addresses or {})
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._kernel_lock = threading.Lock()
-        self._desired = DesiredState()
+        # The desired state the dataplane was last given: labels its counters.
+        self._programmed = DesiredState()
         self._synced_snapshot: Snapshot | None = None
-        self._proxy_problems: tuple[Problem, ...] = ()
-        self._proxy_desired: DesiredState | None = None
-        self._proxy_dirty = asyncio.Event()
-        self._proxy_attempted = asyncio.Event()
+        self._stages = Stages(metrics, events, self._kernel_lock, self._set_programmed)
+        self._l7_desired: DesiredState | None = None
+        self._l7_dirty = asyncio.Event()
+        self._l7_attempted = asyncio.Event()
         self._proxy_busy_since: float | None = None
-        # The last translation, before the proxy's problems were applied to it.
+        # The last translation, before the stages' failures were folded into it.
         self._translated: tuple[Snapshot, Translation] | None = None
         self._sync_progress = time.monotonic()
-        self._status_pending: tuple[Snapshot, Translation] | None = None
+        self._status_pending: StatusView | None = None
         self._inline_status_cost = 0.0  # seconds the first sync spent writing status
         self._status_ready = asyncio.Event()
-        self._last_status: tuple[Snapshot, Translation] | None = None
+        self._last_status: StatusView | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_sync_cost = 0.0
         self._last_sync_end = 0.0
@@ -130,6 +147,9 @@ class Agent:
         if node_vips is not None:
             metrics.add_unserved_packets(self._unserved_packets)
 
+    def _set_programmed(self, desired: DesiredState) -> None:
+        self._programmed = desired
+
     def _unserved_packets(self) -> int:
         assert self._node_vips is not None
         with self._kernel_lock:
@@ -140,7 +160,7 @@ class Agent:
     def _labelled_counters(self) -> Iterable[LabelledCounters]:
         with self._kernel_lock:
             counters = self._dataplane.read_counters()
-            desired = self._desired
+            desired = self._programmed
         sources = {f.key: f.source for f in desired.l4}
         out = []
         for c in counters:
@@ -156,13 +176,15 @@ class Agent:
             out.append(LabelledCounters(labels, c))
         return out
 
+    # -- running stages -------------------------------------------------------------
+
     # -- loop ---------------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
-        self._proxy_dirty.set()
-        self._proxy_attempted.set()
+        self._l7_dirty.set()
+        self._l7_attempted.set()
 
     def rewrite_status(self) -> None:
         """Write the latest status again (thread-safe): a status writer that
@@ -185,8 +207,9 @@ class Agent:
         self._dirty.set()
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(self._watch()), tg.create_task(self._status_loop())]
+            if self._l7_lane:
+                helpers.append(tg.create_task(self._l7_loop()))
             if self._proxy is not None:
-                helpers.append(tg.create_task(self._proxy_loop()))
                 helpers.append(
                     tg.create_task(
                         self._supervise(self._proxy.ensure_running, "proxy_supervise_failed")
@@ -198,7 +221,7 @@ class Agent:
                         self._supervise(
                             self._announcer.refresh,
                             "announce_refresh_failed",
-                            "announce",
+                            self._announcer.name,
                             after_ready=True,
                         )
                     )
@@ -284,6 +307,7 @@ class Agent:
             backoff = 0.0 if ok else min(self._settings.max_backoff, max(0.5, backoff * 2))
 
     async def sync_once(self) -> bool:
+        """One sync; False when the L4 lane did not converge (retried with back-off)."""
         started = time.monotonic()
         if not self._source.synced():
             return True  # never program a partial view of the cluster
@@ -294,7 +318,7 @@ class Agent:
             return True  # nothing changed since the last good sync (a periodic rescan)
         errors = self._source.errors()
         warnings = [str(w) for w in snapshot.warnings]
-        self._report_source_problems(errors, warnings)
+        self._said.source_problems(errors, warnings)
         self._metrics.manifest_errors.set(len(errors))
         self._metrics.manifest_warnings.set(len(warnings))
         hosts = HostAddresses(
@@ -303,48 +327,34 @@ class Agent:
         result = translate(snapshot, self._settings.controller_name, self._addresses, hosts)
         self._addresses.update(held_addresses(result))
         desired = result.desired
-        name = self._dataplane.name
-        t0 = time.monotonic()
-        try:
-            outcome = await asyncio.to_thread(self._reconcile, desired)
-        except Exception:
-            self._metrics.sync_errors.labels(name).inc()
-            log.exception("event=reconcile_failed reconciler=%s", name)
+        l4 = await self._stages.run(self._l4_lane, desired)
+        dataplane = l4.runs[0]
+        if dataplane.raised:
+            # The dataplane failed as a whole: nothing of this state is said to
+            # be programmed, announced or written as status until it is (the
+            # L7 lane keeps the state it was last handed).
             return False
-        finally:
-            self._metrics.sync_duration.labels(name).observe(time.monotonic() - t0)
-        for (vip, proto, port), message in sorted(outcome.errors.items()):
-            log.error(
-                "event=frontend_failed vip=%s protocol=%s port=%s error=%r",
-                vip,
-                proto,
-                port,
-                message,
-            )
-        if outcome.errors:
-            self._metrics.sync_errors.labels(name).inc()
-        guard_ok = await self._refuse_unserved(desired)
         first = not self.ready
-        await self._hand_to_proxy(desired, wait=first)
-        await self._announce(desired)
+        await self._hand_to_l7(desired, wait=first)
+        announced = await self._stages.run(self._announce_lane, desired)
+        await self._stages.tell(l4.failures + announced.failures)
         self._translated = (snapshot, result)
-        result = self._with_proxy_problems(result)
-        self._report_rejections(snapshot, result)
-        if self._events is not None and outcome.errors:
-            await asyncio.to_thread(self._record_frontend_events, desired, outcome)
-        self._metrics.frontends_programmed.set(len(desired.l4) - len(outcome.errors))
+        result = self._stages.fold_into(result)
+        self._said.rejections(snapshot, result.status)
+        self._metrics.frontends_programmed.set(len(desired.l4) - len(dataplane.outcome.failures))
         self._metrics.backends_programmed.set(sum(len(f.backends) for f in desired.l4))
         # Status is written beside the sync loop, latest result first, so a slow
         # API server (thousands of status patches) never delays programming the
         # next change.  The first sync writes inline: once /readyz says ready,
         # the status of what is programmed is there too.
+        view = StatusView(snapshot, result)
         if first:
             s0 = time.monotonic()
-            await self._write_status(snapshot, result)
+            await self._write_status(view)
             self._inline_status_cost = time.monotonic() - s0
         else:
-            self._queue_status(snapshot, result)
-        clean = not outcome.errors and guard_ok
+            self._queue_status(view)
+        clean = l4.converged
         self._synced_snapshot = snapshot if clean else None
         self._metrics.last_sync.set(time.time())
         self.syncs += 1
@@ -354,88 +364,71 @@ class Agent:
         log.info(
             "event=synced frontends=%d changed=%d errors=%d rejected=%d took_ms=%.1f",
             len(desired.l4),
-            outcome.changed,
-            len(outcome.errors),
-            len({(r.kind, r.namespace, r.name) for r in self._rejections}),
+            dataplane.outcome.changed,
+            len(dataplane.outcome.failures),
+            self._said.rejected_objects(),
             (time.monotonic() - started) * 1000,
         )
         return clean
 
     # -- L7 beside L4 ---------------------------------------------------------------
 
-    async def _hand_to_proxy(self, desired: DesiredState, *, wait: bool) -> None:
+    async def _hand_to_l7(self, desired: DesiredState, *, wait: bool) -> None:
         """Give the L7 lane the newest desired state.  The sync does not wait
         for it (a slow render or `haproxy -c` never holds an L4 change back),
         except on the first sync: /readyz means the L7 listeners were tried too."""
-        if self._proxy is None:
+        if not self._l7_lane:
             return
-        self._proxy_desired = desired
-        self._proxy_attempted.clear()
-        self._proxy_dirty.set()
+        self._l7_desired = desired
+        self._l7_attempted.clear()
+        self._l7_dirty.set()
         if wait:
-            await self._proxy_attempted.wait()
+            await self._l7_attempted.wait()
 
-    async def _proxy_loop(self) -> None:
-        """The L7 lane: the L7 VIPs made local, HAProxy reconciled, stale VIPs
-        removed once nothing binds them; a failed attempt is retried with
-        back-off, and a newer desired state never waits for the back-off."""
+    async def _l7_loop(self) -> None:
+        """The L7 lane, run on the newest desired state; a lane that did not
+        converge is retried with back-off, and a newer desired state never
+        waits for the back-off."""
         backoff = 0.0
         while not self._stop.is_set():
             if backoff:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._proxy_dirty.wait(), backoff)
+                    await asyncio.wait_for(self._l7_dirty.wait(), backoff)
             else:
-                await self._proxy_dirty.wait()
+                await self._l7_dirty.wait()
             if self._stop.is_set():
                 return
-            self._proxy_dirty.clear()
-            desired = self._proxy_desired
+            self._l7_dirty.clear()
+            desired = self._l7_desired
             if desired is None:
                 continue
             self._proxy_busy_since = time.monotonic()
+            before = self._stages.failures()
             try:
-                ok, retry_after = await self._apply_l7(desired)
+                lane = await self._stages.run(self._l7_lane, desired)
             finally:
                 self._proxy_busy_since = None
-            if not self._proxy_dirty.is_set():
-                self._proxy_attempted.set()
-            if not ok:
+            if self._stages.failures() != before:
+                await self._l7_failures_changed(lane)
+            if not self._l7_dirty.is_set():
+                self._l7_attempted.set()
+            if not lane.converged:
                 backoff = min(self._settings.max_backoff, max(0.5, backoff * 2))
             else:
                 # Something left out may clear by itself (a port another process
                 # holds): the same desired state is tried again after a while.
-                backoff = retry_after or 0.0
+                backoff = lane.retry_after or 0.0
 
-    async def _apply_l7(self, desired: DesiredState) -> tuple[bool, float | None]:
-        """(applied, retry after so many seconds even if nothing changes)."""
-        before = self._proxy_problems
-        if not await self._node_vips_step("grow", desired):
-            return False, None
-        ok, retry_after = await self._reconcile_proxy(desired)
-        if ok and not await self._node_vips_step("shrink", desired):
-            ok = False
-        if self._proxy_problems != before:
-            # The status says what the proxy could not serve: write it again.
-            if self._translated is not None:
-                snapshot, result = self._translated
-                result = self._with_proxy_problems(result)
-                self._report_rejections(snapshot, result)
-                if self.ready:
-                    self._queue_status(snapshot, result)
-            if self._events is not None and self._proxy_problems:
-                await asyncio.to_thread(self._record_proxy_events, self._proxy_problems)
-        return ok, retry_after
-
-    def _with_proxy_problems(self, result: Translation) -> Translation:
-        if not self._proxy_problems:
-            return result
-        return dataclasses.replace(
-            result, status=apply_problems(result.status, self._proxy_problems)
-        )
-
-    def _queue_status(self, snapshot: Snapshot, result: Translation) -> None:
-        self._status_pending = (snapshot, result)
-        self._status_ready.set()
+    async def _l7_failures_changed(self, lane: LaneRun) -> None:
+        """What the L7 lane could not do changed: written into the status
+        again, and told."""
+        if self._translated is not None:
+            snapshot, result = self._translated
+            result = self._stages.fold_into(result)
+            self._said.rejections(snapshot, result.status)
+            if self.ready:
+                self._queue_status(StatusView(snapshot, result))
+        await self._stages.tell(lane.failures)
 
     def healthy(self) -> tuple[bool, str]:
         """False when a loop has made no progress for STALL_AFTER seconds (a
@@ -459,108 +452,15 @@ class Agent:
             log.exception("event=node_addresses_failed")
             return frozenset()
 
-    async def _refuse_unserved(self, desired: DesiredState) -> bool:
-        """The guard of unserved VIP ports, brought up to date after L4."""
-        return await self._node_vips_step("refuse_unserved", desired)
+    # -- status -------------------------------------------------------------------
 
-    async def _node_vips_step(self, step: str, desired: DesiredState) -> bool:
-        """`grow` (L7 VIPs local before the proxy binds them), `shrink` (stale
-        ones removed once nothing binds them) or `refuse_unserved` (the guard)."""
-        if self._node_vips is None:
-            return True
-        t0 = time.monotonic()
-        try:
-            await asyncio.to_thread(self._locked, getattr(self._node_vips, step), desired)
-        except Exception:
-            name = self._node_vips.name
-            self._metrics.sync_errors.labels(name).inc()
-            log.exception("event=reconcile_failed reconciler=%s step=%s", name, step)
-            return False
-        finally:
-            self._metrics.sync_duration.labels(self._node_vips.name).observe(time.monotonic() - t0)
-        return True
+    def _queue_status(self, view: StatusView) -> None:
+        self._status_pending = view
+        self._status_ready.set()
 
-    def _locked(self, fn: Callable[[DesiredState], object], desired: DesiredState) -> None:
-        with self._kernel_lock:
-            fn(desired)
-
-    def _report_source_problems(self, errors: Sequence[str], warnings: Sequence[str]) -> None:
-        """Files or documents that cannot be used, and unknown kinds and
-        fields: each said once while it lasts."""
-        current = frozenset(errors) | frozenset(warnings)
-        new = [("source_problem", m) for m in sorted(frozenset(errors) - self._source_problems)]
-        new += [
-            ("manifest_warning", m) for m in sorted(frozenset(warnings) - self._source_problems)
-        ]
-        for event, message in new[:LOG_LIMIT]:
-            log.warning("event=%s message=%r", event, message)
-        _said_more(len(new), "source problems and manifest warnings")
-        self._source_problems = current
-
-    def _report_rejections(self, snapshot: Snapshot, result: Translation) -> None:
-        """One warning line per refused object, logged when it appears or
-        changes; one info line when it is accepted again; the counts by kind
-        and reason in `gatewaylb_rejected_objects`."""
-        current = frozenset(rejections(snapshot, result.status))
-        new = sorted(current - self._rejections, key=_rejection_order)
-        _said_more(len(new), "rejected objects")
-        for r in new[:LOG_LIMIT]:
-            log.warning(
-                "event=object_rejected kind=%s object=%r source=%r where=%r condition=%s "
-                "reason=%s message=%r",
-                r.kind,
-                r.object,
-                r.source or "-",
-                r.where,
-                r.condition,
-                r.reason,
-                r.message,
-            )
-        still = {(r.kind, r.namespace, r.name) for r in current}
-        cleared = {(r.kind, r.namespace, r.name) for r in self._rejections} - still
-        for kind, namespace, name in sorted(cleared)[:LOG_LIMIT]:
-            log.info(
-                "event=object_accepted kind=%s object=%r",
-                kind,
-                f"{namespace}/{name}" if namespace else name,
-            )
-        self._rejections = current
-        self._metrics.set_rejected(rejected_counts(tuple(current)))
-        foreign = frozenset(foreign_classes(snapshot, self._settings.controller_name))
-        for line in sorted(foreign - self._foreign_classes):
-            log.info("event=gatewayclass_not_ours message=%r", line)
-        self._foreign_classes = foreign
-
-    def _record_frontend_events(self, desired: DesiredState, outcome: ReconcileResult) -> None:
-        """Frontends this node's kernel refused, as Warning Events on their Gateways."""
-        assert self._events is not None
-        sources = {f.key: f.source for f in desired.l4}
-        for (vip, proto, port), message in sorted(outcome.errors.items()):
-            src = sources.get((vip, proto, port))
-            if src is not None:
-                ref = ObjectRef("Gateway", src.namespace, src.gateway)
-                note = f"listener {src.listener}: {proto} {vip}:{port} not programmed: {message}"
-                self._events.warning(ref, "FrontendNotProgrammed", note)
-
-    def _record_proxy_events(self, problems: tuple[Problem, ...]) -> None:
-        """What this node's proxy could not serve, as Warning Events on the routes."""
-        assert self._events is not None
-        for problem in problems:
-            kind, _, rest = problem.route.partition(" ")
-            namespace, _, name = rest.split(" ", 1)[0].partition("/")
-            if kind and namespace and name:
-                where = f"rule {problem.rule}: " if problem.rule is not None else ""
-                self._events.warning(
-                    ObjectRef(kind, namespace, name), "NotServedByProxy", where + problem.reason
-                )
-
-    async def _write_status(self, snapshot: Snapshot, result: Translation) -> None:
-        self._last_status = (snapshot, result)
-        for writer in self._status_writers:
-            try:
-                await asyncio.to_thread(writer.write, snapshot, result)
-            except Exception:
-                log.exception("event=status_write_failed writer=%s", type(writer).__name__)
+    async def _write_status(self, view: StatusView) -> None:
+        self._last_status = view
+        await self._stages.run(self._status_lane, view)
 
     async def _status_loop(self) -> None:
         while not self._stop.is_set():
@@ -568,54 +468,7 @@ class Agent:
             self._status_ready.clear()
             pending, self._status_pending = self._status_pending, None
             if pending is not None:
-                await self._write_status(*pending)
-
-    async def _reconcile_proxy(self, desired: DesiredState) -> tuple[bool, float | None]:
-        if self._proxy is None:
-            return True, None
-        t0 = time.monotonic()
-        try:
-            applied = await asyncio.to_thread(self._proxy.reconcile, desired)
-        except Exception:
-            self._metrics.sync_errors.labels("proxy").inc()
-            log.exception("event=reconcile_failed reconciler=proxy")
-            return False, None
-        finally:
-            self._metrics.sync_duration.labels("proxy").observe(time.monotonic() - t0)
-        self._proxy_problems = applied.problems
-        if not applied.ok:
-            self._metrics.sync_errors.labels("proxy").inc()
-        return applied.ok, applied.retry_after
-
-    async def _announce(self, desired: DesiredState) -> None:
-        """After the dataplane: a VIP is announced only once it is served."""
-        if self._announcer is None:
-            return
-        t0 = time.monotonic()
-        try:
-            await asyncio.to_thread(self._announcer.apply, desired)
-        except Exception:
-            # Announcement trouble never blocks programming: traffic that
-            # reaches this node is still served.
-            self._metrics.sync_errors.labels("announce").inc()
-            log.exception("event=reconcile_failed reconciler=announce")
-        finally:
-            self._metrics.sync_duration.labels("announce").observe(time.monotonic() - t0)
-        # Only the problems: the full status asks gobgpd about its peers.
-        problems = self._announcer.problems()
-        if problems and self._events is not None:
-            await asyncio.to_thread(self._announce_events, desired, problems)
-
-    def _announce_events(self, desired: DesiredState, problems: tuple[str, ...]) -> None:
-        """What this node cannot announce, as Warning Events on the
-        GatewayLBConfig objects its BGP settings come from."""
-        assert self._events is not None
-        bgp = desired.announce.bgp
-        sources = sorted({p.source for p in bgp.peers if p.source}) if bgp else []
-        for name in sources:
-            ref = ObjectRef(CONFIG_KIND, "", name, f"{CONFIG_GROUP}/v1alpha1")
-            for problem in problems:
-                self._events.warning(ref, "AnnouncementProblem", problem)
+                await self._write_status(pending)
 
     async def _supervise(
         self,
@@ -643,27 +496,6 @@ class Agent:
                 if reconciler is not None:
                     self._metrics.sync_errors.labels(reconciler).inc()
                 log.exception("event=%s", failure)
-
-    def _reconcile(self, desired: DesiredState) -> ReconcileResult:
-        with self._kernel_lock:
-            outcome = self._dataplane.reconcile(desired)
-            self._desired = desired
-        return outcome
-
-
-def _said_more(count: int, what: str) -> None:
-    if count > LOG_LIMIT:
-        log.warning(
-            "event=log_truncated what=%r shown=%d more=%d hint=%r",
-            what,
-            LOG_LIMIT,
-            count - LOG_LIMIT,
-            "see the status (file or API) or `gatewaylb translate --manifests DIR`",
-        )
-
-
-def _rejection_order(r: Rejection) -> tuple[str, str, str, str]:
-    return (r.kind, r.namespace, r.name, r.where)
 
 
 def held_addresses(result: Translation) -> dict[Key, tuple[str, ...]]:

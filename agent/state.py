@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.filters import Retry, RouteFilter, Timeouts
+from agent.refs import ListenerRef, ObjectRef
 
 TCP = "tcp"
 UDP = "udp"
@@ -133,7 +134,7 @@ class HTTPMatch:
 class HTTPRouteEntry:
     """One match of one rule: the unit of HTTP routing precedence."""
 
-    route: str  # Kind namespace/name
+    route: ObjectRef
     rule: int
     match: HTTPMatch
     filters: tuple[RouteFilter, ...]
@@ -172,7 +173,7 @@ class TLSRouteEntry:
     """A TLSRoute on a TLS listener: SNI names -> backends (passthrough, or the
     decrypted stream when the listener terminates)."""
 
-    route: str
+    route: ObjectRef
     hostnames: tuple[str, ...]
     backends: BackendSet
 
@@ -196,11 +197,14 @@ class L7Listener:
     client_validation: ClientValidation | None = None
 
     @property
-    def owner(self) -> str:
-        """The object whose status carries this listener, as problems name it."""
+    def owner(self) -> ListenerRef:
+        """The listener as the status that carries it names it."""
         if self.listener_set:
-            return f"ListenerSet {self.listener_set} listener {self.listener}"
-        return f"Gateway {self.gateway} listener {self.listener}"
+            kind, key = "ListenerSet", self.listener_set
+        else:
+            kind, key = "Gateway", self.gateway
+        namespace, _, name = key.partition("/")
+        return ListenerRef(ObjectRef(kind, namespace, name), self.listener)
 
 
 # -- announcement -----------------------------------------------------------------
@@ -278,6 +282,8 @@ def _plain(value: Any) -> Any:
     """A dataclass tree as JSON-ready data; secrets are shown by fingerprint only."""
     if type(value) in _SCALARS:
         return value
+    if isinstance(value, ObjectRef | ListenerRef):
+        return str(value)  # "Kind namespace/name", as status and logs name it
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

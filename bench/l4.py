@@ -255,7 +255,7 @@ def main() -> None:
                 elif plane is not None:
                     state = desired(backend.ip4)
                     result = lab.call(lab.node, plane.reconcile, state)
-                    assert not result.errors, result.errors
+                    assert not result.failures, result.failures
                     # As the agent runs them: the guard of unserved VIP ports beside.
                     lab.call(lab.node, guard.apply, guard_state(state))
                 got = {

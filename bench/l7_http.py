@@ -26,13 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.dataplane.addresses import VIPAddresses
 from agent.filters import (
     HeaderModifier,
     RouteFilter,
 )
 from agent.lab import Lab, vip4
+from agent.proxy.addresses import VIPAddresses
 from agent.proxy.worker import ProxyWorker
+from agent.refs import ObjectRef
 from agent.state import (
     Backend,
     BackendSet,
@@ -112,7 +113,7 @@ def main() -> int:
         svc = ServiceBackend("bench/static:80", 1, (Backend(be.ip4, BACKEND_PORT, 1),))
         mod = HeaderModifier(set=(("x-via", "gatewaylb"),), add=(), remove=())
         entry = HTTPRouteEntry(
-            "HTTPRoute bench/static",
+            ObjectRef("HTTPRoute", "bench", "static"),
             0,
             HTTPMatch("PathPrefix", "/"),
             (RouteFilter("RequestHeaderModifier", request_header_modifier=mod),),

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.model.config import CONFIG_GROUP, CONFIG_KIND
+from agent.reconcile import ANNOUNCEMENT_PROBLEM, Failure, Outcome
+from agent.refs import ObjectRef
 from agent.state import DesiredState, L2Settings
 
 if TYPE_CHECKING:
-    from agent.announce.bgp import BGPAnnouncer
-    from agent.announce.l2 import L2Announcer
+    from agent.announce.bgp.announcer import BGPAnnouncer
+    from agent.announce.l2.announcer import L2Announcer
 
 log = logging.getLogger("gatewaylb.announce")
 
@@ -41,6 +44,7 @@ class AnnounceReconciler:
         if mode not in MODES:
             raise ValueError(f"unknown announce mode {mode!r}")
         self.mode = mode
+        self.name = "announce"  # the metrics label
         self._lock = threading.Lock()
         self._desired: DesiredState | None = None
         self._warned_no_bgp = False
@@ -48,16 +52,36 @@ class AnnounceReconciler:
         self._l2: L2Announcer | None = None
         self._bgp: BGPAnnouncer | None = None
         if mode == "l2":
-            from agent.announce.l2 import L2Announcer
+            from agent.announce.l2.announcer import L2Announcer
 
             self._l2 = L2Announcer(node_name)
         elif mode == "bgp":
-            from agent.announce.bgp import BGPAnnouncer
+            from agent.announce.bgp.announcer import BGPAnnouncer
 
             self._bgp = BGPAnnouncer(node_name, run_dir, api_port=bgp_api_port)
 
-    def apply(self, desired: DesiredState) -> None:
-        """Idempotent; called after each sync and periodically."""
+    def reconcile(self, desired: DesiredState) -> Outcome:
+        """Idempotent; run after the dataplane each sync (a VIP is announced
+        once it is served) and again by supervision (`refresh`).  What cannot
+        be announced is told on the GatewayLBConfig objects the BGP settings
+        come from."""
+        self._apply(desired)
+        problems = self.problems()
+        bgp = desired.announce.bgp
+        sources = sorted({p.source for p in bgp.peers if p.source}) if bgp else []
+        return Outcome(
+            failures=tuple(
+                Failure(
+                    ObjectRef(CONFIG_KIND, "", name, f"{CONFIG_GROUP}/v1alpha1"),
+                    ANNOUNCEMENT_PROBLEM,
+                    problem,
+                )
+                for name in sources
+                for problem in problems
+            )
+        )
+
+    def _apply(self, desired: DesiredState) -> None:
         with self._lock:
             self._desired = desired
             if self._l2 is not None:
@@ -82,7 +106,7 @@ class AnnounceReconciler:
         with self._lock:
             desired = self._desired
         if desired is not None:
-            self.apply(desired)
+            self._apply(desired)
 
     def close(self, withdraw: bool = False) -> None:
         """Stop announcing.  withdraw=False leaves the BGP speaker running so a
@@ -114,6 +138,6 @@ class AnnounceReconciler:
 
 def withdraw_all(run_dir: Path, node_name: str, bgp_api_port: int) -> None:
     """`gatewaylb cleanup`: stop a BGP speaker this agent left running."""
-    from agent.announce.bgp import BGPAnnouncer
+    from agent.announce.bgp.announcer import BGPAnnouncer
 
     BGPAnnouncer(node_name, run_dir, api_port=bgp_api_port).close(withdraw=True)

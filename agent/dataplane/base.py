@@ -1,12 +1,13 @@
 """The contract every kernel dataplane keeps (nftables, ebpf).
 
-A dataplane owns one piece of kernel state and converges it to the L4 part of a
-DesiredState.  `reconcile` is idempotent (a second call with the same state
-changes nothing and issues no kernel write) and atomic per change (no packet
-sees a half-programmed frontend).  A failure to program one frontend is
-reported for that frontend and never blocks the others.  Constructing a
-dataplane adopts whatever it finds in the kernel from a previous run instead of
-flushing it, so an agent restart does not disturb established flows.
+A dataplane is a reconciler (agent/reconcile.py) that owns one piece of kernel
+state and converges it to the L4 part of a DesiredState.  `reconcile` is
+idempotent (a second call with the same state changes nothing and issues no
+kernel write) and atomic per change (no packet sees a half-programmed
+frontend).  A failure to program one frontend is reported for that frontend
+(a Failure told on its Gateway) and never blocks the others.  Constructing a
+dataplane adopts whatever it finds in the kernel from a previous run instead
+of flushing it, so an agent restart does not disturb established flows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.state import DesiredState, FrontendKey
+from agent.reconcile import Outcome
+from agent.state import DesiredState
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +42,10 @@ class ProgrammedFrontend:
     reject_weight: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcileResult:
-    changed: int  # frontends written or removed
-    # frontend -> error message, for frontends that failed
-    errors: dict[FrontendKey, str] = field(default_factory=dict)
-
-
 class Dataplane(Protocol):
     name: str
 
-    def reconcile(self, desired: DesiredState) -> ReconcileResult: ...
+    def reconcile(self, desired: DesiredState) -> Outcome: ...
 
     def read_counters(self) -> list[FrontendCounters]: ...
 

@@ -85,11 +85,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.dataplane import maglev
-from agent.dataplane.base import FrontendCounters, ProgrammedFrontend, ReconcileResult
+from agent.dataplane.base import FrontendCounters, ProgrammedFrontend
+from agent.dataplane.frontends import FrontendError, FrontendSpec, canonical_ip, normalise
+from agent.reconcile import Outcome, frontend_outcome
 from agent.state import (
     TCP,
     UDP,
-    Backend,
     DesiredState,
     FrontendKey,
     L4Frontend,
@@ -716,20 +717,8 @@ class _Fe:
         )
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def _canonical_ip(text: str) -> str:
-    """The address in canonical text form; ValueError for a non-address."""
-    return str(ipaddress.ip_address(text))
-
-
-def _spec_of(
-    backends: Iterable[Backend], reject_weight: int
-) -> tuple[tuple[tuple[str, int, int], ...], int]:
-    merged: dict[tuple[str, int], int] = {}
-    for b in backends:
-        ip = _canonical_ip(b.ip)
-        merged[(ip, b.port)] = merged.get((ip, b.port), 0) + max(b.weight, 0)
-    return tuple(sorted((ip, port, w) for (ip, port), w in merged.items())), max(reject_weight, 0)
+def _triples(spec: FrontendSpec) -> tuple[tuple[str, int, int], ...]:
+    return tuple((b.ip, b.port, b.weight) for b in spec.backends)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -750,7 +739,7 @@ def _unpack_addr(family: int, raw: Any) -> str:
 def norm_key(key: Key) -> Key:
     """(vip, protocol, port) with the VIP in canonical text form (IPv6!)."""
     try:
-        return (_canonical_ip(key[0]), key[1], key[2])
+        return (canonical_ip(key[0]), key[1], key[2])
     except ValueError:
         return key
 
@@ -1087,14 +1076,14 @@ class EbpfDataplane:
 
     # -- verbs ------------------------------------------------------------------------
 
-    def reconcile(self, desired: DesiredState) -> ReconcileResult:
+    def reconcile(self, desired: DesiredState) -> Outcome:
         want = {norm_key(f.key): f for f in desired.l4}
         upserts = [f for k, f in sorted(want.items()) if self._differs(k, f)]
         deletes = sorted(k for k in self._fes if k not in want)
         if not upserts and not deletes:
-            return ReconcileResult(changed=0)
+            return Outcome()
         errors = self._apply(upserts, deletes)
-        return ReconcileResult(changed=len(upserts) + len(deletes) - len(errors), errors=errors)
+        return frontend_outcome(desired, len(upserts) + len(deletes) - len(errors), errors)
 
     def _differs(self, key: Key, f: L4Frontend) -> bool:
         fe = self._fes.get(key)
@@ -1103,9 +1092,10 @@ class EbpfDataplane:
         if self._written.get(key) == f:
             return False
         try:
-            return fe.spec() != _spec_of(f.backends, f.reject_weight)
-        except ValueError:
+            spec = normalise(f)
+        except FrontendError:
             return True  # let _plan report it for this frontend
+        return fe.spec() != (_triples(spec), spec.reject_weight)
 
     # -- the write path -----------------------------------------------------------------
 
@@ -1118,11 +1108,8 @@ class EbpfDataplane:
         self._quarantine_ids.clear()
 
     def _plan(self, f: L4Frontend) -> _Plan:
-        if f.protocol not in PROTO_NUM:
-            raise EbpfError(f"protocol {f.protocol} not supported")
-        backends, reject_weight = _spec_of(f.backends, f.reject_weight)
-        key = norm_key(f.key)
-        vip_family = _pack_addr(key[0])[0]  # ValueError for a bad VIP, before any write
+        spec = normalise(f)  # FrontendError (a ValueError) before any write
+        backends, reject_weight, key = _triples(spec), spec.reject_weight, spec.key
         old = self._fes.get(key)
         new_frontend = old is None
         fe_id = old.id if old else self._fe_ids.alloc()
@@ -1139,8 +1126,6 @@ class EbpfDataplane:
                     new_ids.append(bid)
                 fe.backends[(ip, port)] = (bid, weight)
                 family, packed = _pack_addr(ip)
-                if family != vip_family:
-                    raise EbpfError(f"backend {ip} is not of the VIP's address family")
                 bv = BackendC()
                 ctypes.memmove(bv.addr, packed, 16)
                 bv.port = socket.htons(port)

@@ -67,7 +67,6 @@ marked (not NATed) packet just passes the other shards' lookups.
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 import re
 import socket
@@ -76,7 +75,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.state import TCP, UDP, Backend, FrontendKey, L4Frontend
+from agent.dataplane.frontends import (
+    FrontendSpec,
+    canonical_ip,
+    is_ipv6,
+)
+from agent.state import TCP, UDP, Backend, FrontendKey
 
 FAMILY = "inet"
 TABLE = "gatewaylb"  # the shared table
@@ -105,11 +109,6 @@ Cmd = dict[str, Any]
 def _ip_hex(ip: str) -> str:
     # inet_pton: a tenth of the cost of ipaddress, and as strict
     return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip).hex()
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def is_ipv6(ip: str) -> bool:
-    return _canonical_ip(ip)[1] == 6
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -145,92 +144,6 @@ SHARD_TABLES = tuple(shard_table(i) for i in range(SHARDS))
 def is_our_table(name: str) -> bool:
     """`gatewaylb` and every `gatewaylb-*`: what cleanup removes."""
     return name == TABLE or name.startswith(SHARD_PREFIX)
-
-
-# -- the normalised frontend ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FrontendSpec:
-    """What one frontend chain encodes; equal specs mean identical kernel objects."""
-
-    vip: str
-    protocol: str
-    port: int
-    backends: tuple[Backend, ...]  # sorted, unique (ip, port); weight 0 kept
-    reject_weight: int
-
-    @property
-    def key(self) -> Key:
-        return (self.vip, self.protocol, self.port)
-
-    @property
-    def v6(self) -> bool:
-        return is_ipv6(self.vip)
-
-    @property
-    def fingerprint(self) -> str:
-        return _fingerprint(self.key, self.backends, self.reject_weight)
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def _fingerprint(key: Key, backends: tuple[Backend, ...], reject: int) -> str:
-    # Cached: a reconcile at 10k frontends compares 10k fingerprints.
-    text = repr((key, [(b.ip, b.port, b.weight) for b in backends], reject))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class RenderError(ValueError):
-    """A frontend that cannot be programmed; reported for that frontend only."""
-
-
-def canonical_ip(text: str) -> str:
-    return _canonical_ip(text)[0]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _canonical_ip(text: str) -> tuple[str, int]:
-    """(canonical text, version); cached: backend addresses repeat across frontends."""
-    try:
-        # IPv4 the fast way: glibc's inet_pton takes exactly the dotted quads
-        # ipaddress takes (no leading zeros, four parts), inet_ntop prints them back.
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)), 4
-    except (OSError, TypeError):
-        ip = ipaddress.ip_address(text)
-        if getattr(ip, "scope_id", None):  # "fe80::1%eth0": nftables has no zones
-            raise ValueError(f"{text!r} has a zone") from None
-        return str(ip), ip.version
-
-
-def normalise(fe: L4Frontend) -> FrontendSpec:
-    """Validate one frontend and give it a canonical form (sorted, duplicates merged)."""
-    if fe.protocol not in (TCP, UDP):
-        raise RenderError(f"unsupported protocol {fe.protocol!r}")
-    if not 0 < fe.port < 65536:
-        raise RenderError(f"port {fe.port} out of range")
-    try:
-        vip, version = _canonical_ip(fe.vip)
-    except (ValueError, TypeError) as exc:
-        raise RenderError(f"bad vip {fe.vip!r}") from exc
-    if fe.reject_weight < 0:
-        raise RenderError("negative reject weight")
-    merged: dict[tuple[str, int], int] = {}
-    for b in fe.backends:
-        try:
-            ip, ip_version = _canonical_ip(b.ip)
-        except (ValueError, TypeError) as exc:
-            raise RenderError(f"bad backend ip {b.ip!r}") from exc
-        if ip_version != version:
-            raise RenderError(f"backend {b.ip} is not of the vip's address family")
-        if not 0 < b.port < 65536 or b.weight < 0:
-            raise RenderError(f"bad backend {b.ip}:{b.port} weight {b.weight}")
-        k = (ip, b.port)
-        merged[k] = merged.get(k, 0) + b.weight
-    backends = tuple(Backend(ip, port, w) for (ip, port), w in sorted(merged.items()))
-    total = sum(b.weight for b in backends) + fe.reject_weight
-    if total >= 2**32:
-        raise RenderError("total weight does not fit numgen's 32 bits")
-    return FrontendSpec(vip, fe.protocol, fe.port, backends, fe.reject_weight)
 
 
 # -- expressions ---------------------------------------------------------------

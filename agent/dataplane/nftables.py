@@ -38,6 +38,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nftables
@@ -46,9 +47,10 @@ from agent.dataplane import nft_rules as R
 from agent.dataplane.base import (
     FrontendCounters,
     ProgrammedFrontend,
-    ReconcileResult,
 )
+from agent.dataplane.frontends import FrontendError, FrontendSpec, canonical_ip, is_ipv6, normalise
 from agent.gcpause import gc_paused
+from agent.reconcile import Outcome, frontend_outcome
 from agent.state import UDP, DesiredState, FrontendKey, L4Frontend
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,12 @@ T = TypeVar("T")
 
 class NftablesError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    changed: int  # frontends written or removed
+    errors: dict[FrontendKey, str] = field(default_factory=dict)  # frontends that failed
 
 
 # -- reading the kernel over netlink -------------------------------------------------
@@ -137,7 +145,7 @@ def _ip(raw: bytes) -> str:
         if len(raw) == 4:
             text = socket.inet_ntop(socket.AF_INET, raw)
         else:
-            text = R.canonical_ip(socket.inet_ntop(socket.AF_INET6, raw))
+            text = canonical_ip(socket.inet_ntop(socket.AF_INET6, raw))
         if len(_IP_TEXT) > 1 << 17:
             _IP_TEXT.clear()
         _IP_TEXT[raw] = text
@@ -429,7 +437,7 @@ def read_tables(nl: NetlinkReader, tables: set[str], out: R.ParsedTable) -> None
         R.parse_objects(per[table], out)
 
 
-def _backend_ips(spec: R.FrontendSpec | None) -> set[str]:
+def _backend_ips(spec: FrontendSpec | None) -> set[str]:
     return {b.ip for b in spec.backends} if spec else set()
 
 
@@ -450,7 +458,7 @@ class NftablesDataplane:
         self._reset_memory()
         # Normalising is pure but not free (~25 us a frontend): reuse the spec
         # of a frontend equal to the one seen last time.
-        self._normalised: dict[Key, tuple[L4Frontend, R.FrontendSpec]] = {}
+        self._normalised: dict[Key, tuple[L4Frontend, FrontendSpec]] = {}
         self._counter_cache: tuple[float, list[FrontendCounters]] | None = None
         self._nl: NetlinkReader | None = None
         try:
@@ -461,7 +469,7 @@ class NftablesDataplane:
 
     def _reset_memory(self) -> None:
         """What the kernel holds, as far as this object knows."""
-        self._specs: dict[Key, R.FrontendSpec] = {}
+        self._specs: dict[Key, FrontendSpec] = {}
         # backend ip -> number of programmed backends with it (masquerade set)
         self._ipref: Counter[str] = Counter()
         self._masq: set[str] = set()  # the kernel's masquerade set
@@ -598,10 +606,10 @@ class NftablesDataplane:
 
     # -- Dataplane ------------------------------------------------------------------
 
-    def _desired(self, desired: DesiredState) -> tuple[dict[Key, R.FrontendSpec], dict[Key, str]]:
+    def _desired(self, desired: DesiredState) -> tuple[dict[Key, FrontendSpec], dict[Key, str]]:
         errors: dict[Key, str] = {}
-        want: dict[Key, R.FrontendSpec] = {}
-        normalised: dict[Key, tuple[L4Frontend, R.FrontendSpec]] = {}
+        want: dict[Key, FrontendSpec] = {}
+        normalised: dict[Key, tuple[L4Frontend, FrontendSpec]] = {}
         cache = self._normalised
         for fe in desired.l4:
             key = fe.key
@@ -615,8 +623,8 @@ class NftablesDataplane:
                 normalised[key] = cached
                 continue
             try:
-                spec = R.normalise(fe)
-            except R.RenderError as exc:
+                spec = normalise(fe)
+            except FrontendError as exc:
                 errors[key] = str(exc)
                 continue
             # Reuse the programmed object when equal: the diff compares identity first.
@@ -633,13 +641,11 @@ class NftablesDataplane:
                 want[key] = self._specs[key]
         return want, errors
 
-    def _diff(
-        self, want: dict[Key, R.FrontendSpec], programmed: dict[Key, R.FrontendSpec]
-    ) -> R.Plan:
+    def _diff(self, want: dict[Key, FrontendSpec], programmed: dict[Key, FrontendSpec]) -> R.Plan:
         """Like `R.plan`, in time proportional to the change plus one pass of
         identity checks (specs of unchanged frontends are the programmed objects)."""
-        added: list[R.FrontendSpec] = []
-        updated: list[tuple[R.FrontendSpec, R.FrontendSpec]] = []
+        added: list[FrontendSpec] = []
+        updated: list[tuple[FrontendSpec, FrontendSpec]] = []
         for key, spec in want.items():
             old = programmed.get(key)
             if old is spec:
@@ -679,12 +685,13 @@ class NftablesDataplane:
         delete = {ip for ip in touched - after if ip in self._masq}
         return add, delete, delta
 
-    def reconcile(self, desired: DesiredState) -> ReconcileResult:
+    def reconcile(self, desired: DesiredState) -> Outcome:
         # Rendering 10k frontends makes millions of short-lived, acyclic objects.
         with gc_paused():
-            return self._reconcile(desired)
+            written = self._reconcile(desired)
+        return frontend_outcome(desired, written.changed, written.errors)
 
-    def _reconcile(self, desired: DesiredState) -> ReconcileResult:
+    def _reconcile(self, desired: DesiredState) -> _Written:
         want, errors = self._desired(desired)
         rebuild = bool(self._foreign) and not self._shared_ok and not self._specs
         if rebuild:
@@ -717,7 +724,7 @@ class NftablesDataplane:
         extra = el.head() + el.after_chains() + el.tail()
         if plan.empty and not head and not repairs and not extra and not masq_add and not masq_del:
             self._masq_dirty = self._counters_dirty = False
-            return ReconcileResult(changed=0, errors=errors)
+            return _Written(changed=0, errors=errors)
 
         lines = (
             R.text_lines(head + R.render_masq_diff(set(), masq_add) + repairs + extra)
@@ -730,7 +737,7 @@ class NftablesDataplane:
             if rebuild:
                 for key in want:
                     errors[key] = f"layout replacement failed: {exc}"
-                return ReconcileResult(changed=0, errors=errors)
+                return _Written(changed=0, errors=errors)
             log.warning("event=transaction_failed error=%r; retrying frontend by frontend", exc)
             return self._reconcile_one_by_one(plan, want, repaired, head, errors)
 
@@ -740,15 +747,15 @@ class NftablesDataplane:
         self._masq = (self._masq | masq_add) - masq_del
         self._masq_dirty = self._counters_dirty = False
         self._flush_udp_conntrack(plan)
-        return ReconcileResult(changed=plan.changed + len(repaired), errors=errors)
+        return _Written(changed=plan.changed + len(repaired), errors=errors)
 
     def _repair_cmds(
-        self, want: dict[Key, R.FrontendSpec]
-    ) -> tuple[list[dict[str, Any]], dict[Key, R.FrontendSpec]]:
+        self, want: dict[Key, FrontendSpec]
+    ) -> tuple[list[dict[str, Any]], dict[Key, FrontendSpec]]:
         cmds: list[dict[str, Any]] = []
         for table, map_name, stray in sorted(self._stray):
             cmds += R.render_stray(table, map_name, stray)
-        repaired: dict[Key, R.FrontendSpec] = {}
+        repaired: dict[Key, FrontendSpec] = {}
         for name, key in sorted(self._broken.items(), key=lambda kv: kv[0]):
             table = self._chain_tables.get(name, "")
             if key is None or table != R.table_of(key) or key in repaired:
@@ -765,7 +772,7 @@ class NftablesDataplane:
         self._shared_ok = True
         self._shards_ok = set(range(R.SHARDS))
 
-    def _after_repairs(self, repaired: dict[Key, R.FrontendSpec]) -> None:
+    def _after_repairs(self, repaired: dict[Key, FrontendSpec]) -> None:
         for key, spec in repaired.items():
             self._specs[key] = spec
             self._ipref.update(b.ip for b in spec.backends)
@@ -796,11 +803,11 @@ class NftablesDataplane:
     def _reconcile_one_by_one(
         self,
         plan: R.Plan,
-        want: dict[Key, R.FrontendSpec],
-        repaired: dict[Key, R.FrontendSpec],
+        want: dict[Key, FrontendSpec],
+        repaired: dict[Key, FrontendSpec],
         head: list[dict[str, Any]],
         errors: dict[Key, str],
-    ) -> ReconcileResult:
+    ) -> _Written:
         """Cilium's rule: one broken frontend is reported, the others still land."""
         changed = 0
         try:
@@ -822,7 +829,7 @@ class NftablesDataplane:
         except NftablesError as exc:
             for key in want:
                 errors[key] = f"table setup failed: {exc}"
-            return ReconcileResult(changed=0, errors=errors)
+            return _Written(changed=0, errors=errors)
         singles: list[tuple[Key, R.Plan]] = (
             [(s.key, R.Plan((s,), (), ())) for s in plan.added]
             + [(n.key, R.Plan((), ((o, n),), ())) for o, n in plan.updated]
@@ -851,7 +858,7 @@ class NftablesDataplane:
                 self._masq -= stale
         except NftablesError as exc:
             log.warning("event=masq_shrink_failed error=%r", exc)
-        return ReconcileResult(changed=changed + len(repaired), errors=errors)
+        return _Written(changed=changed + len(repaired), errors=errors)
 
     def read_counters(self) -> list[FrontendCounters]:
         """Counters of every frontend found in the kernel: a netlink dump of the
@@ -927,7 +934,7 @@ class NftablesDataplane:
         """UDP has no end of flow: without this, a client keeps sending to a
         removed endpoint until its conntrack entry times out.  Weight 0 keeps
         its entries (a draining endpoint still serves its flows)."""
-        gone: list[tuple[R.FrontendSpec, tuple[str, int]]] = []
+        gone: list[tuple[FrontendSpec, tuple[str, int]]] = []
         for old, new in plan.updated:
             gone += [(old, b) for b in sorted(R.removed_backends(old, new))]
         for old in plan.removed:
@@ -944,7 +951,7 @@ def delete_udp_conntrack(vip: str, vport: int, backend_ip: str, backend_port: in
     thread's network namespace, since a child inherits it).
     """
     tool = shutil.which("conntrack") or "/usr/sbin/conntrack"
-    family = "ipv6" if R.is_ipv6(vip) else "ipv4"
+    family = "ipv6" if is_ipv6(vip) else "ipv4"
     argv = [
         tool,
         "-D",

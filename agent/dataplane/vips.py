@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from agent.dataplane.addresses import VIPAddresses
+from agent.proxy.addresses import VIPAddresses
+from agent.reconcile import Outcome
 from agent.state import TCP, DesiredState, FrontendKey
 
 if TYPE_CHECKING:
@@ -168,27 +170,42 @@ class VIPGuard:
 
 
 class NodeVIPs:
-    """The L7 VIPs' host addresses, in the order binds need (added before the
-    proxy binds them, `grow`; removed once nothing binds them, `shrink`), and
-    the guard of unserved VIP ports (`refuse_unserved`)."""
+    """The L7 VIPs' host addresses and the guard of unserved VIP ports, as the
+    three stages the agent loop runs: `adding` (L7 VIPs made local before the
+    proxy binds them), `removing` (stale ones removed once nothing binds them)
+    and `guarding` (the guard brought up to date after the L4 dataplane)."""
 
     name = "vips"
 
     def __init__(self, addresses: VIPAddresses, guard: VIPGuard) -> None:
         self.addresses = addresses
         self.guard = guard
+        self.adding = _Step(self.name, "add", self._add)
+        self.removing = _Step(self.name, "remove", self._remove)
+        self.guarding = _Step(self.name, "guard", self._guard)
 
-    def grow(self, desired: DesiredState) -> None:
-        """L7 VIPs local before the proxy binds them."""
-        self.addresses.reconcile(l7_vips(desired), remove=False)
+    def _add(self, desired: DesiredState) -> int:
+        return len(self.addresses.reconcile(l7_vips(desired), remove=False).added)
 
-    def shrink(self, desired: DesiredState) -> None:
-        """Stale L7 VIPs removed, once no proxy configuration binds them."""
-        self.addresses.reconcile(l7_vips(desired))
+    def _remove(self, desired: DesiredState) -> int:
+        change = self.addresses.reconcile(l7_vips(desired))
+        return len(change.added) + len(change.removed)
 
-    def refuse_unserved(self, desired: DesiredState) -> None:
-        self.guard.apply(guard_state(desired))
+    def _guard(self, desired: DesiredState) -> int:
+        return int(self.guard.apply(guard_state(desired)))
 
     def cleanup(self) -> tuple[str, ...]:
         self.guard.cleanup()
         return self.addresses.cleanup()
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One of NodeVIPs' stages; all three share the `vips` metrics label."""
+
+    name: str
+    step: str
+    write: Callable[[DesiredState], int]
+
+    def reconcile(self, desired: DesiredState) -> Outcome:
+        return Outcome(changed=self.write(desired))

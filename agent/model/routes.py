@@ -11,16 +11,9 @@ from dataclasses import dataclass
 
 from agent.filters import (
     BackendObjectReference,
-    CORSPolicy,
-    HeaderModifier,
-    LocalObjectReference,
-    PathModifier,
-    RequestMirror,
-    RequestRedirect,
     Retry,
     RouteFilter,
     Timeouts,
-    URLRewrite,
 )
 from agent.model.fields import (
     DNS1123_LABEL,
@@ -34,19 +27,17 @@ from agent.model.fields import (
     Fields,
     each,
 )
-from agent.model.meta import CORE_GROUP, GATEWAY_GROUP, ObjectMeta
+from agent.model.meta import GATEWAY_GROUP, ObjectMeta
+from agent.model.route_filters import (
+    HEADER_VALUE,
+    HTTP_METHODS,
+    PATH_CHARS,
+    parse_backend_object_ref,
+    parse_filters,
+)
 
-# Same language as the CRD's ^[!-~]+([\t ]?[!-~]+)*$, without its nested
-# repetition (exponential backtracking on a trailing newline).
-HEADER_VALUE = re.compile(r"^[!-~]+(?:[\t ][!-~]+)*$")
-PATH_CHARS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$")
-PLAIN_HOSTNAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
 GRPC_METHOD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
-CORS_ORIGIN = re.compile(
-    r"(^\*$)|(^(http(s)?):\/\/(((\*\.)?([a-zA-Z0-9\-]+\.)*[a-zA-Z0-9-]+|\*)(:([0-9]{1,5}))?)$)"
-)
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 HTTP_ROUTE = "HTTPRoute"
 GRPC_ROUTE = "GRPCRoute"
@@ -206,187 +197,11 @@ def parse_parent_refs(spec: Fields) -> tuple[ParentReference, ...]:
     return tuple(refs)
 
 
-def parse_backend_object_ref(f: Fields) -> BackendObjectReference:
-    ref = BackendObjectReference(
-        group=f.string("group", CORE_GROUP, max_len=253, pattern=GROUP_NAME),
-        kind=f.string("kind", "Service", max_len=63, min_len=1, pattern=KIND_NAME),
-        name=f.string("name", max_len=253, min_len=1),
-        namespace=f.opt_string("namespace", max_len=63, pattern=DNS1123_LABEL) or None,
-        port=f.opt_integer("port", minimum=1, maximum=65535),
-    )
-    if ref.group == CORE_GROUP and ref.kind == "Service" and ref.port is None:
-        raise f.error("port", "required for a Service reference")
-    return ref
-
-
 def parse_hostnames(spec: Fields, *, min_items: int = 0, max_items: int = 16) -> tuple[str, ...]:
     names = spec.strings(
         "hostnames", min_items=min_items, max_items=max_items, max_len=253, pattern=HOSTNAME
     )
     return tuple(dict.fromkeys(names))  # duplicates carry no meaning
-
-
-def _header_pairs(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
-    out = []
-    seen: set[str] = set()
-    for h in f.items(key, max_items=16):
-        name = h.string("name", max_len=256, min_len=1, pattern=HTTP_HEADER_NAME)
-        value = h.string("value", max_len=4096, min_len=1, pattern=HEADER_VALUE)
-        if name.lower() in seen:
-            raise h.error("name", f"header {name!r} is listed twice")
-        seen.add(name.lower())
-        out.append((name, value))
-    return tuple(out)
-
-
-def _header_modifier(f: Fields) -> HeaderModifier:
-    return HeaderModifier(
-        set=_header_pairs(f, "set"),
-        add=_header_pairs(f, "add"),
-        remove=f.strings("remove", max_items=16, max_len=256, pattern=HTTP_HEADER_NAME),
-    )
-
-
-def _path_modifier(f: Fields) -> PathModifier:
-    kind = f.string("type", enum=("ReplaceFullPath", "ReplacePrefixMatch"))
-    key = "replaceFullPath" if kind == "ReplaceFullPath" else "replacePrefixMatch"
-    other = "replacePrefixMatch" if kind == "ReplaceFullPath" else "replaceFullPath"
-    if f.has(other):
-        raise f.error(other, f"must not be set when type is {kind}")
-    value = f.string(key, max_len=1024)
-    if value and not value.startswith("/"):
-        raise f.error(key, "must be an absolute path starting with '/'")
-    if value and not PATH_CHARS.fullmatch(value):
-        raise f.error(key, "contains characters that are not valid in a URL path")
-    return PathModifier(kind, value)
-
-
-def _filter_type_fields() -> dict[str, str]:
-    return {
-        "RequestHeaderModifier": "requestHeaderModifier",
-        "ResponseHeaderModifier": "responseHeaderModifier",
-        "RequestRedirect": "requestRedirect",
-        "URLRewrite": "urlRewrite",
-        "RequestMirror": "requestMirror",
-        "CORS": "cors",
-        "ExtensionRef": "extensionRef",
-        "ExternalAuth": "externalAuth",
-    }
-
-
-FILTER_FIELDS = _filter_type_fields()
-
-
-def parse_filters(container: Fields, *, allowed: tuple[str, ...]) -> tuple[RouteFilter, ...]:
-    filters = []
-    counts: dict[str, int] = {}
-    for f in container.items("filters", max_items=16):
-        kind = f.string("type", enum=allowed)
-        for other_type, other_field in FILTER_FIELDS.items():
-            if other_type != kind and f.has(other_field):
-                raise f.error(other_field, f"must not be set when type is {kind}")
-        body = f.obj(FILTER_FIELDS[kind])
-        counts[kind] = counts.get(kind, 0) + 1
-        if kind != "RequestMirror" and counts[kind] > 1:
-            raise f.error("type", f"the {kind} filter cannot be repeated")
-        filters.append(_parse_filter(kind, body))
-    if "RequestRedirect" in counts and "URLRewrite" in counts:
-        raise container.error("filters", "may not use both RequestRedirect and URLRewrite")
-    return tuple(filters)
-
-
-def _redirect_status(body: Fields) -> int:
-    code = body.integer("statusCode", 302)
-    if code not in (301, 302, 303, 307, 308):
-        shown = code if -(10**6) < code < 10**6 else "out of range"
-        raise body.error(
-            "statusCode", f"unsupported value {shown}: must be one of 301, 302, 303, 307, 308"
-        )
-    return code
-
-
-def _parse_filter(kind: str, body: Fields) -> RouteFilter:
-    if kind == "RequestHeaderModifier":
-        return RouteFilter(kind, request_header_modifier=_header_modifier(body))
-    if kind == "ResponseHeaderModifier":
-        return RouteFilter(kind, response_header_modifier=_header_modifier(body))
-    if kind == "RequestRedirect":
-        path = body.opt_obj("path")
-        return RouteFilter(
-            kind,
-            request_redirect=RequestRedirect(
-                scheme=body.opt_string("scheme", enum=("http", "https")),
-                hostname=body.opt_string("hostname", max_len=253, pattern=PLAIN_HOSTNAME),
-                path=_path_modifier(path) if path else None,
-                port=body.opt_integer("port", minimum=1, maximum=65535),
-                status_code=_redirect_status(body),
-            ),
-        )
-    if kind == "URLRewrite":
-        path = body.opt_obj("path")
-        return RouteFilter(
-            kind,
-            url_rewrite=URLRewrite(
-                hostname=body.opt_string("hostname", max_len=253, pattern=PLAIN_HOSTNAME),
-                path=_path_modifier(path) if path else None,
-            ),
-        )
-    if kind == "RequestMirror":
-        numerator, denominator = 100, 100
-        fraction = body.opt_obj("fraction")
-        if body.has("percent") and fraction is not None:
-            raise body.error("fraction", "only one of percent or fraction may be set")
-        if body.has("percent"):
-            numerator = body.integer("percent", minimum=0, maximum=100)
-        elif fraction is not None:
-            numerator = fraction.integer("numerator", minimum=0)
-            denominator = fraction.integer("denominator", 100, minimum=1)
-            if numerator > denominator:
-                raise fraction.error("numerator", "must be less than or equal to denominator")
-        return RouteFilter(
-            kind,
-            request_mirror=RequestMirror(
-                backend=parse_backend_object_ref(body.obj("backendRef")),
-                numerator=numerator,
-                denominator=denominator,
-            ),
-        )
-    if kind == "CORS":
-        origins = body.strings("allowOrigins", max_items=64, max_len=253, pattern=CORS_ORIGIN)
-        methods = body.strings("allowMethods", max_items=9, enum=(*HTTP_METHODS, "*"))
-        headers = body.strings("allowHeaders", max_items=64, max_len=256, pattern=HTTP_HEADER_NAME)
-        for key, values in (
-            ("allowOrigins", origins),
-            ("allowMethods", methods),
-            ("allowHeaders", headers),
-        ):
-            if "*" in values and len(values) > 1:
-                raise body.error(key, "cannot contain '*' alongside other values")
-        return RouteFilter(
-            kind,
-            cors=CORSPolicy(
-                allow_origins=origins,
-                allow_methods=methods,
-                allow_headers=headers,
-                expose_headers=body.strings(
-                    "exposeHeaders", max_items=64, max_len=256, pattern=HTTP_HEADER_NAME
-                ),
-                max_age=body.integer("maxAge", 5, minimum=1, maximum=2**31 - 1),
-                allow_credentials=body.boolean("allowCredentials"),
-            ),
-        )
-    if kind == "ExtensionRef":
-        return RouteFilter(
-            kind,
-            extension_ref=LocalObjectReference(
-                group=body.string("group", max_len=253, pattern=GROUP_NAME),
-                kind=body.string("kind", max_len=63, min_len=1, pattern=KIND_NAME),
-                name=body.string("name", max_len=253, min_len=1),
-            ),
-        )
-    # ExternalAuth: accepted by the schema; this agent does not implement it, and
-    # translate reports the rule as unsupported.
-    return RouteFilter(kind)
 
 
 def _string_match(

@@ -6,10 +6,25 @@
   reason) left out because a value could not be represented safely or the
   route is over the configuration's `Budget` (ACLs, servers, bytes: what keeps
   `haproxy -c` near a second).  Escaping rules are in `escape`; routing
-  semantics in `render`'s docstring.
+  semantics in `render`'s docstring.  The parts it assembles, all pure:
+  - `sections`: a section, its text helpers, and the global, defaults and
+    health sections;
+  - `acls`: anonymous ACLs, hostname matching, listener selection, the
+    weighted choice of a backend;
+  - `http_frontend`: an HTTP(S) frontend's selection of a route entry, its
+    match conditions, actions and backend choice; `http_filters`: the
+    filters (header modifiers, rewrites, redirects, CORS) and durations;
+  - `tls_frontend`: a TLS frontend's SNI routing (Passthrough, Terminate)
+    and the hand-over of a port serving both modes;
+  - `backends`: backend sections, their names, servers and TLS to backends;
+  - `certificates`: certificate, CA and crt-list files, client verification;
+  - `budget`: the `Budget`, what each route costs, and which routes are
+    left out when over it.
 - `ports`: the listeners HAProxy could not bind (a port another process of the
   node holds), found by binding them from the agent before a reload.
-- `feedback.apply_problems` (pure) folds the Problems into the StatusReport.
+- `reconciler.problem_failures` (pure) turns the Problems into Failures, which
+  `agent.feedback` folds into the StatusReport.
+- `addresses.VIPAddresses`: the L7 VIPs as host addresses on `lo` (below).
 - `worker.ProxyWorker(run_dir).apply(listeners) -> ApplyResult` runs HAProxy in
   master-worker mode under `run_dir` (never the system service): pre-check the
   ports, render, `haproxy -c` the candidate, replace atomically, `reload`
@@ -25,8 +40,8 @@
 
 Kernel steering (how a packet for VIP:port reaches HAProxy): the VIPs of L7
 listeners are local host addresses of the node (/32, /128 on `lo`, marked with
-their own address protocol; `agent.dataplane.addresses.VIPAddresses` adopts
-and removes only its own) and HAProxy binds VIP:port directly.  No redirect
+their own address protocol; `addresses.VIPAddresses` adopts and removes only
+its own) and HAProxy binds VIP:port directly.  No redirect
 rule, no TPROXY, no extra hop: the client's packets are delivered locally with
 their original addresses, so HAProxy sees the real client address and the
 original destination.  L4 frontends that share a VIP keep working because the

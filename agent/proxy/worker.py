@@ -57,17 +57,11 @@ from pathlib import Path
 
 from agent.osutil import terminate, write_atomically
 from agent.proxy import ports
+from agent.proxy.certificates import CERT_DIR, certificate_id, certificate_pem
 from agent.proxy.ports import Address, PortProbe, SocketProbe
-from agent.proxy.render import (
-    CERT_DIR,
-    HEALTH_SOCKET,
-    Problem,
-    RenderedConfig,
-    all_routes,
-    certificate_id,
-    certificate_pem,
-    render,
-)
+from agent.proxy.render import Problem, RenderedConfig, all_routes, render
+from agent.proxy.sections import HEALTH_SOCKET
+from agent.refs import ObjectRef
 from agent.state import L7Listener, TLSCertificate
 
 log = logging.getLogger(__name__)
@@ -76,7 +70,7 @@ DEFAULT_RUN_DIR = "/run/gatewaylb/proxy"
 CONFIG = "haproxy.cfg"
 PIDFILE = "haproxy.pid"
 MASTER_SOCKET = "master.sock"
-# `haproxy -c` of the largest configuration within render.DEFAULT_BUDGET took
+# `haproxy -c` of the largest configuration within budget.DEFAULT_BUDGET took
 # 1.1-1.3 s on 2 vCPUs; a check that runs longer is stopped and failed.
 CHECK_TIMEOUT = 10.0
 # A listener left out because its port is taken: apply again after this long
@@ -469,7 +463,7 @@ class ProxyWorker:
         routes) and render without them."""
         routes = sorted(all_routes(listeners))
 
-        def check(included: list[str]) -> bool:
+        def check(included: list[ObjectRef]) -> bool:
             excluded = frozenset((r, None) for r in routes if r not in included)
             rc = self._render(listeners, rejected, excluded)
             self._write_files(rc)
@@ -478,9 +472,9 @@ class ProxyWorker:
         if not check([]):
             rc = self._render(listeners, rejected)
             return rc, f"configuration refused without any route: {error}"
-        bad: list[str] = []
+        bad: list[ObjectRef] = []
 
-        def bisect(group: list[str], base: list[str]) -> None:
+        def bisect(group: list[ObjectRef], base: list[ObjectRef]) -> None:
             if check(base + group):
                 base.extend(group)
                 return
@@ -505,7 +499,7 @@ class ProxyWorker:
         self,
         listeners: Sequence[L7Listener],
         rejected: dict[str, str],
-        excluded: frozenset[tuple[str, int | None]] = frozenset(),
+        excluded: frozenset[tuple[ObjectRef, int | None]] = frozenset(),
     ) -> RenderedConfig:
         return render(
             listeners,

@@ -2,7 +2,7 @@
 StatusReport.  No I/O, no clock, no kernel: nothing here may import from
 agent.dataplane, agent.proxy, agent.announce or agent.sources."""
 
+from agent.translate.addresses import HostAddresses
 from agent.translate.core import DEFAULT_CONTROLLER_NAME, Translation, translate
-from agent.translate.gateways import HostAddresses
 
 __all__ = ["DEFAULT_CONTROLLER_NAME", "HostAddresses", "Translation", "translate"]

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from agent.model.meta import GATEWAY_GROUP, GroupKind, Key, ObjectMeta
 from agent.model.routes import GRPC_ROUTE, HTTP_ROUTE, TLS_ROUTE, ParentReference
-from agent.translate.gateways import GatewayState, ListenerState
+from agent.translate.gateways import GatewayState
 from agent.translate.hostnames import effective_hostnames
 from agent.translate.index import SnapshotIndex
+from agent.translate.listeners import ListenerState
 from agent.translate.listenersets import ListenerSetState
 from agent.translate.status import (
     R_NO_MATCHING_LISTENER_HOSTNAME,

@@ -35,6 +35,7 @@ from agent.model.routes import (
     duration_seconds,
 )
 from agent.model.snapshot import InvalidObject, Snapshot
+from agent.refs import ObjectRef
 from agent.state import (
     TCP,
     UDP,
@@ -49,6 +50,7 @@ from agent.state import (
     TLSCertificate,
     TLSRouteEntry,
 )
+from agent.translate.addresses import HostAddresses, assign_addresses, host_addresses
 from agent.translate.attach import Parents, ParentVerdict, evaluate_parent, parent_ref_status
 from agent.translate.backends import (
     BackendResolver,
@@ -59,22 +61,14 @@ from agent.translate.backends import (
     l7_backends,
 )
 from agent.translate.backendtls import BackendTLSPolicies
+from agent.translate.conflicts import claim_ports
+from agent.translate.evaluate import evaluate_gateway
 from agent.translate.features import RETRY_CODES, SUPPORTED_FEATURES, UNSUPPORTED_FILTERS
-from agent.translate.gateways import (
-    L4_PROTOCOLS,
-    GatewayState,
-    HostAddresses,
-    ListenerState,
-    assign_addresses,
-    claim_ports,
-    evaluate_gateway,
-    gateway_class_status,
-    host_addresses,
-    invalid_class_status,
-    invalid_gateway_state,
-)
+from agent.translate.gatewayclasses import gateway_class_status, invalid_class_status
+from agent.translate.gateways import GatewayState, invalid_gateway_state
 from agent.translate.index import SnapshotIndex
 from agent.translate.l7 import PendingEntry, route_entries, virtual_hosts
+from agent.translate.listeners import L4_PROTOCOLS, ListenerState
 from agent.translate.listenersets import attach_listener_sets
 from agent.translate.status import (
     ACCEPTED,
@@ -586,7 +580,11 @@ def _l7_listener(
             claimed.update(mine)
             if mine:
                 tls_routes.append(
-                    TLSRouteEntry(str(route.meta.key), mine, l7_backends(result.rules[0]))
+                    TLSRouteEntry(
+                        ObjectRef(route.kind, route.meta.namespace, route.meta.name),
+                        mine,
+                        l7_backends(result.rules[0]),
+                    )
                 )
         elif isinstance(route, L4Route) and route.kind == TCP_ROUTE and tcp_backends is None:
             tcp_backends = l7_backends(result.rules[0])

@@ -23,6 +23,7 @@ from agent.model.routes import (
     HTTPRoute,
     HTTPRouteMatch,
 )
+from agent.refs import ObjectRef
 from agent.state import BackendSet, HTTPMatch, HTTPRouteEntry, MatchRule, VirtualHost
 from agent.translate.hostnames import specificity
 
@@ -84,7 +85,7 @@ def route_entries(
 ) -> list[PendingEntry]:
     """Every (rule, match) of a route whose rule survived validation."""
     out: list[PendingEntry] = []
-    name = f"{route.kind} {route.meta.key}"
+    name = ObjectRef(route.kind, route.meta.namespace, route.meta.name)
     for rule_index, backends in sorted(rule_backends.items()):
         filters: tuple[RouteFilter, ...]
         timeouts: Timeouts | None = None

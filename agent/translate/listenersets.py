@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 
 from agent.model.gateway import ListenerSet
 from agent.model.meta import GATEWAY_GROUP, Key, age_order
-from agent.translate.gateways import (
-    GatewayState,
-    ListenerState,
-    judge_listener,
-    listener_conflict,
-)
+from agent.translate.conflicts import listener_conflict
+from agent.translate.evaluate import judge_listener
+from agent.translate.gateways import GatewayState
 from agent.translate.index import SnapshotIndex
+from agent.translate.listeners import ListenerState
 from agent.translate.status import (
     ACCEPTED,
     PROGRAMMED,

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.announce.bgp import BGPAnnouncer
+from agent.announce.bgp.announcer import BGPAnnouncer
 from agent.state import Announcement, BGPPeer, BGPSettings
 
 

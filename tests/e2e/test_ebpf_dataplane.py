@@ -165,7 +165,7 @@ class Env:
         for fe in fes:
             self.desired[fe.key] = fe
         result = self.node(self.dp.reconcile, DesiredState(l4=tuple(self.desired.values())))
-        assert not result.errors, result.errors
+        assert not result.failures, result.failures
 
 
 @pytest.fixture(scope="module")

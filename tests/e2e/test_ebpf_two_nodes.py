@@ -78,7 +78,7 @@ def nodes() -> Iterator[list[tuple[Lab, EbpfDataplane]]]:
             )
             stack.callback(lab.call, lab.node, dp.cleanup)
             result = lab.call(lab.node, dp.reconcile, desired(lab))
-            assert not result.errors
+            assert not result.failures
             out.append((lab, dp))
         yield out
 

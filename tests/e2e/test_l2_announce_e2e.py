@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.announce.l2 import L2Announcer, owned_by, owner_of
+from agent.announce.l2.announcer import L2Announcer
+from agent.announce.l2.membership import owned_by, owner_of
 from agent.lab import netns
 from agent.state import Announcement, L2Settings
 
@@ -42,7 +43,7 @@ FAILOVER_LIMIT_S = 3.0
 
 NODE_SCRIPT = """
 import logging, socket, sys, threading
-from agent.announce.l2 import L2Announcer
+from agent.announce.l2.announcer import L2Announcer
 from agent.state import Announcement, L2Settings
 
 logging.basicConfig(level=logging.INFO, format="%(name)s " + sys.argv[1] + " %(message)s")

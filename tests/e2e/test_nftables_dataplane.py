@@ -19,6 +19,7 @@ import nftables
 import pytest
 
 from agent.dataplane import nft_rules as R
+from agent.dataplane.frontends import FrontendSpec, normalise
 from agent.dataplane.nftables import NftablesDataplane
 from agent.lab import Lab, vip4, vip6
 from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
@@ -122,7 +123,7 @@ def dp(lab: Lab) -> Iterator[NftablesDataplane]:
 
 def apply(lab: Lab, dp: NftablesDataplane, desired: DesiredState) -> None:
     result = lab.call(lab.node, dp.reconcile, desired)
-    assert result.errors == {}
+    assert result.failures == ()
 
 
 # -- tests -----------------------------------------------------------------------------------
@@ -357,10 +358,10 @@ def _ruleset_without_handles() -> list[dict[str, Any]]:
 def test_text_transactions_write_what_json_would(lab: Lab) -> None:
     """The same plans applied as libnftables JSON and as the dataplane's nft text
     leave byte-identical rulesets (listed as JSON, handles aside)."""
-    a = R.normalise(frontend(vip4(13), 80, {1: 3, 2: 0, 3: 1}, reject=1))
-    b = R.normalise(frontend(vip6(13), 53, {1: 1, 2: 2}, proto="udp"))
-    c = R.normalise(frontend(vip4(13), 81, {}))
-    a2 = R.normalise(frontend(vip4(13), 80, {1: 1}))
+    a = normalise(frontend(vip4(13), 80, {1: 3, 2: 0, 3: 1}, reject=1))
+    b = normalise(frontend(vip6(13), 53, {1: 1, 2: 2}, proto="udp"))
+    c = normalise(frontend(vip4(13), 81, {}))
+    a2 = normalise(frontend(vip4(13), 80, {1: 1}))
     first = R.plan({}, {s.key: s for s in (a, b, c)})
     second = R.Plan((), ((a, a2),), (c,))
     masq = R.render_masq_diff(set(), R.masq_ips([a, b, c]))
@@ -479,7 +480,7 @@ def test_netlink_reads_equal_libnftables_reads(lab: Lab, dp: NftablesDataplane) 
             frontend(vip6(15), 53, {}, proto="udp"),
         ),
     )
-    assert result.errors == {} and again.transactions == 1
+    assert result.failures == () and again.transactions == 1
     after = lab.call(lab.node, dp._read, lab.call(lab.node, dp._our_tables))
     assert after.broken == {} and after.stray_elements == set() and after.specs == nl.specs
 
@@ -492,7 +493,7 @@ def test_a_frontend_the_kernel_refuses_does_not_block_the_others(
     bad_key = (vip4(17), "tcp", 81)
     body = R._chain_body
 
-    def broken_body(spec: R.FrontendSpec) -> list[str]:
+    def broken_body(spec: FrontendSpec) -> list[str]:
         if spec.key == bad_key:  # a jump to a chain that does not exist
             return ["goto fe_no_such_chain"]
         return body(spec)

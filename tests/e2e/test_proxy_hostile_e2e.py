@@ -22,13 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataplane.addresses import VIPAddresses
+from agent.feedback import fold_failures
 from agent.lab import Lab, vip4
 from agent.lab.netns import setns_current_thread
-from agent.proxy.feedback import apply_problems
+from agent.proxy.addresses import VIPAddresses
+from agent.proxy.budget import DEFAULT_BUDGET
 from agent.proxy.ports import Address, SocketProbe
-from agent.proxy.render import DEFAULT_BUDGET
+from agent.proxy.reconciler import problem_failures
 from agent.proxy.worker import REFUSED_BACKOFF, ProxyWorker
+from agent.refs import ObjectRef
 from agent.state import (
     Backend,
     BackendSet,
@@ -61,7 +63,7 @@ def route(
 ) -> HTTPRouteEntry:
     svc = ServiceBackend(f"default/be{backend}:8080", 1, (Backend(BE[backend], 8080, 1),))
     return HTTPRouteEntry(
-        f"HTTPRoute default/{name}",
+        ObjectRef("HTTPRoute", "default", name),
         0,
         HTTPMatch("PathPrefix", path, headers),
         (),
@@ -186,7 +188,7 @@ def test_a_listener_whose_port_is_taken_never_takes_the_others_down(env: Env) ->
             )
             timings.append(time.monotonic() - t0)
             assert result.ok and result.changed, result  # the new route: a reload
-            assert [(p.route, p.status_reason) for p in result.problems] == [
+            assert [(str(p.subject), p.status_reason) for p in result.problems] == [
                 ("Gateway default/gw listener bad", "PortUnavailable")
             ]
             reason = result.problems[0].reason
@@ -196,7 +198,9 @@ def test_a_listener_whose_port_is_taken_never_takes_the_others_down(env: Env) ->
             assert env.get(f"/new{cycle}") == "be2"
             assert f":{TAKEN}" not in env.worker.config_path.read_text()
             # ... and its status says why.
-            report = apply_problems(_gateway_status("good", "bad"), result.problems)
+            report = fold_failures(
+                _gateway_status("good", "bad"), problem_failures(result.problems)
+            )
             status = report.objects[0].status
             assert isinstance(status, GatewayStatus)
             bad = {ls.name: ls.conditions[-1] for ls in status.listeners}["bad"]
@@ -283,7 +287,7 @@ def test_routes_over_the_budget_leave_the_others_served(env: Env) -> None:
         result = env.worker.apply([listener("good", 80, *attack, good)])
         took = time.monotonic() - t0
     assert result.ok, result
-    left_out = {p.route for p in result.problems}
+    left_out = {str(p.subject) for p in result.problems}
     assert 0 < len(left_out) < 64 and "HTTPRoute default/good" not in left_out
     assert all(f"budget of {DEFAULT_BUDGET.acls} ACLs" in p.reason for p in result.problems)
     size = env.worker.config_path.stat().st_size
@@ -317,4 +321,4 @@ def test_an_adopted_worker_is_not_mistaken_for_the_other_process(env: Env) -> No
     adopted = ProxyWorker(env.worker.run_dir, netns=env.lab.node.ns, node_name=NODE)
     result = adopted.apply([good, listener("bad", TAKEN, route("bad", "/", 2))])
     assert result.ok and not result.changed, result
-    assert [p.route for p in result.problems] == ["Gateway default/gw listener bad"]
+    assert [str(p.subject) for p in result.problems] == ["Gateway default/gw listener bad"]

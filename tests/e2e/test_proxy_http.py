@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 
-from agent.dataplane.addresses import VIPAddresses
 from agent.dataplane.nftables import NftablesDataplane
 from agent.filters import (
     CORSPolicy,
@@ -43,8 +42,10 @@ from agent.filters import (
 )
 from agent.lab import Lab, vip4, vip6
 from agent.lab.netns import setns_current_thread
-from agent.proxy.render import H2C
+from agent.proxy.addresses import VIPAddresses
+from agent.proxy.http_frontend import H2C
 from agent.proxy.worker import ProxyWorker
+from agent.refs import ObjectRef
 from agent.state import (
     Backend,
     BackendSet,
@@ -66,6 +67,7 @@ from agent.state import (
 pytestmark = pytest.mark.root
 
 VIP = vip4(5)
+TLS_T = ObjectRef("TLSRoute", "default", "t")
 VIP6 = vip6(5)
 HTTP_PORT, TLS_PORT, GRPC_PORT, MTLS_PORT = 8080, 8443, 9090, 9443
 BE = {1: "10.20.0.11", 2: "10.20.0.12", 3: "10.20.0.13"}
@@ -101,7 +103,7 @@ def entry(
     grpc: bool = False,
 ) -> HTTPRouteEntry:
     return HTTPRouteEntry(
-        f"HTTPRoute default/{route}",
+        ObjectRef("HTTPRoute", "default", route),
         rule,
         HTTPMatch(kind, path, headers, query, method),
         filters,
@@ -700,11 +702,19 @@ def test_tls_passthrough_by_sni(env: Env) -> None:
             "Passthrough",
             None,
             tls_routes=(
-                TLSRouteEntry("TLSRoute default/a", ("a.example.com",), to(svc(1, port=TLS_PORT))),
                 TLSRouteEntry(
-                    "TLSRoute default/wild", ("*.example.com",), to(svc(2, port=TLS_PORT))
+                    ObjectRef("TLSRoute", "default", "a"),
+                    ("a.example.com",),
+                    to(svc(1, port=TLS_PORT)),
                 ),
-                TLSRouteEntry("TLSRoute default/bad", ("bad.example.net",), to(invalid=1)),
+                TLSRouteEntry(
+                    ObjectRef("TLSRoute", "default", "wild"),
+                    ("*.example.com",),
+                    to(svc(2, port=TLS_PORT)),
+                ),
+                TLSRouteEntry(
+                    ObjectRef("TLSRoute", "default", "bad"), ("bad.example.net",), to(invalid=1)
+                ),
             ),
         )
     )
@@ -730,7 +740,11 @@ def test_tls_terminate_to_tcp_backends(env: Env) -> None:
             "Terminate",
             None,
             certificates=(a,),
-            tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",), to(svc(3))),),
+            tls_routes=(
+                TLSRouteEntry(
+                    ObjectRef("TLSRoute", "default", "t"), ("a.example.com",), to(svc(3))
+                ),
+            ),
             tcp_backends=to(svc(1)),
         )
     )
@@ -778,9 +792,9 @@ def test_injection_attempts_do_not_break_other_routes(env: Env) -> None:
         ]
     )
     assert result.ok, result
-    assert {p.route for p in result.problems} == {e.route for e in bad_entries}
+    assert {p.subject for p in result.problems} == {e.route for e in bad_entries}
     for p in result.problems:
-        print(f"rejected: {p.route}: {p.reason}")
+        print(f"rejected: {p.subject}: {p.reason}")
     assert env.get("/").name == "be1"
     assert env.get("/bad").name == "be1"  # the bad rules are not served at all
     assert env.get("/t", headers={"x-t": tricky}).name == "be2"
@@ -904,7 +918,7 @@ def test_l4_frontend_on_the_same_vip_with_nftables(env: Env) -> None:
             VIP, "tcp", 7000, (Backend(BE[2], HTTP_PORT, 1),), 0, FrontendSource("d", "g", "l")
         )
         result = lab.call(lab.node, dp.reconcile, DesiredState(vips=(VIP,), l4=(l4,)))
-        assert result.errors == {}
+        assert result.failures == ()
         assert env.get("/", port=7000).name == "be2"  # L4: straight to the backend
         assert env.get("/").name == "be1"  # L7: through the proxy
         # and from the node itself (output hook / local delivery)
@@ -1013,13 +1027,13 @@ def test_tls_terminate_and_passthrough_on_one_port_by_sni(env: Env) -> None:
     a = env.certs["a.example.com"]
     passthrough = L7Listener(
         "default/gw", "pass", (VIP,), 8883, "TLS", "Passthrough", "b.example.com",
-        tls_routes=(TLSRouteEntry("TLSRoute default/p", ("b.example.com",),
+        tls_routes=(TLSRouteEntry(ObjectRef("TLSRoute", "default", "p"), ("b.example.com",),
                                   to(svc(2, port=TLS_PORT))),),
     )  # fmt: skip
     terminate = L7Listener(
         "default/gw", "term", (VIP,), 8883, "TLS", "Terminate", "a.example.com",
         certificates=(a,),
-        tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",), to(svc(3))),),
+        tls_routes=(TLSRouteEntry(TLS_T, ("a.example.com",), to(svc(3))),),
     )  # fmt: skip
     env.apply(passthrough, terminate)
     cn, data = env.call(tls_peer, VIP, 8883, "a.example.com")
@@ -1034,7 +1048,9 @@ def test_tls_terminate_and_passthrough_on_one_port_by_sni(env: Env) -> None:
             env.call(tls_peer, VIP, 8883, sni)
     moved = replace(
         terminate,
-        tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",), to(svc(1))),),
+        tls_routes=(
+            TLSRouteEntry(ObjectRef("TLSRoute", "default", "t"), ("a.example.com",), to(svc(1))),
+        ),
     )
     env.apply(passthrough, moved)
     _, data = env.call(tls_peer, VIP, 8883, "a.example.com")

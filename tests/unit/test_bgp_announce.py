@@ -18,24 +18,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.announce.bgp import (
-    CONNECT_RETRY,
-    DEFERRAL_TIME,
-    BGPAnnouncer,
+from agent.announce.bgp.announcer import BGPAnnouncer
+from agent.announce.bgp.gobgp import parse_global, parse_neighbors, parse_rib
+from agent.announce.bgp.plan import (
     DaemonConfig,
     GlobalConfig,
     PeerConfig,
     desired_vips,
     fallback_router_id,
-    parse_global,
-    parse_neighbors,
-    parse_rib,
     plan,
-    render_config,
     settings_problems,
-    toml_string,
     validate_peers,
 )
+from agent.announce.bgp.render import CONNECT_RETRY, DEFERRAL_TIME, render_config, toml_string
 from agent.state import Announcement, BGPPeer, BGPSettings
 
 NASTY = 'q"uo\\te\nnew\tline\r\x00\x1f\x7f ünï 🐝 ]# = """'

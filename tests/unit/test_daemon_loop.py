@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from agent import daemon
+from agent import daemon, said
 from agent.daemon import Agent, SyncSettings
-from agent.dataplane.base import FrontendCounters, ReconcileResult
+from agent.dataplane.base import FrontendCounters
 from agent.metrics import AgentMetrics
 from agent.model.snapshot import Snapshot
-from agent.proxy.worker import ApplyResult
+from agent.reconcile import Outcome
 from agent.state import DesiredState
 from tests.unit.helpers import (
     CONTROLLER,
@@ -71,9 +71,9 @@ class FakeDataplane:
     def __init__(self) -> None:
         self.programmed: list[tuple[float, frozenset[tuple[str, str, int]]]] = []
 
-    def reconcile(self, desired: DesiredState) -> ReconcileResult:
+    def reconcile(self, desired: DesiredState) -> Outcome:
         self.programmed.append((time.monotonic(), frozenset(f.key for f in desired.l4)))
-        return ReconcileResult(changed=len(desired.l4))
+        return Outcome(changed=len(desired.l4))
 
     def read_counters(self) -> list[FrontendCounters]:
         return []
@@ -88,11 +88,11 @@ class SlowProxy:
         self.release = threading.Event()
         self.calls = 0
 
-    def reconcile(self, desired: DesiredState) -> ApplyResult:
+    def reconcile(self, desired: DesiredState) -> Outcome:
         self.calls += 1
         if self.calls > 1:  # the first one (readiness) is quick
             self.release.wait(10)
-        return ApplyResult(True, True)
+        return Outcome(changed=1)
 
     def ensure_running(self) -> bool:
         return True
@@ -219,5 +219,5 @@ def test_a_flood_of_bad_documents_is_said_once_and_capped(
         asyncio.run(twice())
     rejected = [r for r in caplog.records if "event=object_rejected" in r.getMessage()]
     truncated = [r for r in caplog.records if "event=log_truncated" in r.getMessage()]
-    assert len(rejected) == daemon.LOG_LIMIT
+    assert len(rejected) == said.LOG_LIMIT
     assert len(truncated) == 1 and "more=4900" in truncated[0].getMessage()

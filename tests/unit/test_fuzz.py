@@ -59,6 +59,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.dataplane import nft_rules as nft
+from agent.dataplane.frontends import FrontendError, FrontendSpec, canonical_ip, normalise
 from agent.filters import (
     HeaderModifier,
     RouteFilter,
@@ -70,6 +71,7 @@ from agent.model.snapshot import InvalidObject, LoadProblem, Snapshot, build_sna
 from agent.output import dump, translation_document
 from agent.proxy import escape
 from agent.proxy.render import RenderedConfig, render
+from agent.refs import ObjectRef, Subject
 from agent.sources.files import ManifestError, parse_text, read_manifest
 from agent.state import (
     Backend,
@@ -1214,7 +1216,7 @@ def check_haproxy(rc: RenderedConfig) -> None:
                 assert re.fullmatch(re.escape(RUN_DIR) + r"/certs/[0-9a-f]{32}\.pem", cert)
                 assert len(sni) <= 1 and all(escape.HOSTNAME.fullmatch(h) for h in sni), entry
     for problem in rc.problems:
-        assert isinstance(problem.route, str) and isinstance(problem.reason, str)
+        assert isinstance(problem.subject, Subject) and isinstance(problem.reason, str)
 
 
 _NFT_COMMAND = re.compile(
@@ -1243,17 +1245,17 @@ def check_nft_lines(lines: list[str]) -> None:
             addr = m.group(1)
             host, _, port = addr.rpartition(":")
             assert 1 <= int(port) <= 65535, physical
-            assert nft.canonical_ip(host.strip("[]")) == host.strip("[]"), physical
+            assert canonical_ip(host.strip("[]")) == host.strip("[]"), physical
 
 
-def nft_specs(desired: DesiredState) -> dict[nft.Key, nft.FrontendSpec]:
+def nft_specs(desired: DesiredState) -> dict[nft.Key, FrontendSpec]:
     """What the nftables reconciler would program; a RenderError is its
     documented, per-frontend report (`NftablesDataplane._desired`)."""
     specs = {}
     for fe in desired.l4:
         try:
-            spec = nft.normalise(fe)
-        except nft.RenderError:
+            spec = normalise(fe)
+        except FrontendError:
             continue
         specs[spec.key] = spec
     return specs
@@ -1278,7 +1280,7 @@ def test_unmutated_worlds_render_cleanly() -> None:
         rc = render(desired.l7, RUN_DIR)
         assert not rc.problems, (name, rc.problems)
         for fe in desired.l4:
-            nft.normalise(fe)
+            normalise(fe)
         l7 += len(desired.l7)
         l4 += len(desired.l4)
     if (CONFORMANCE / "tests").is_dir():
@@ -1750,8 +1752,8 @@ def test_nft_normalise_refuses_an_ipv6_zone(vip: str, backend: str) -> None:
         vip, "tcp", 80, (Backend(backend, 80, 1),), 0, FrontendSource("d", "g", "l")
     )
     try:
-        spec = nft.normalise(frontend)
-    except nft.RenderError:
+        spec = normalise(frontend)
+    except FrontendError:
         return
     check_nft_lines(nft.render_plan_lines(nft.plan({}, {spec.key: spec})))
     check_nft_lines(nft.text_lines(nft.render_plan(nft.plan({}, {spec.key: spec}))))
@@ -1762,7 +1764,7 @@ def _listener_with_header_value(
 ) -> L7Listener:
     modifier = HeaderModifier(set=(("x-a", value),), add=(), remove=())
     entry = HTTPRouteEntry(
-        route="HTTPRoute default/r",
+        route=ObjectRef("HTTPRoute", "default", "r"),
         rule=0,
         match=match or HTTPMatch("PathPrefix", "/"),
         filters=(RouteFilter("RequestHeaderModifier", request_header_modifier=modifier),),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.model.meta import Key
-from agent.statuswriter import FileStatusWriter, addresses_from_status_file
+from agent.statuswriter import FileStatusWriter, StatusView, addresses_from_status_file
 from agent.translate import translate
 from tests.unit.helpers import (
     CONTROLLER,
@@ -292,7 +292,7 @@ def test_a_standalone_agent_reads_its_assignments_back_from_its_status_file(
     snap = snapshot(*docs)
     first = translate(snap, controller_name=CONTROLLER)
     path = tmp_path / "status.json"
-    FileStatusWriter(path).write(snap, first)
+    FileStatusWriter(path).reconcile(StatusView(snap, first))
     prior = addresses_from_status_file(path)
     assert prior == {Key("default", f"g{i}"): tuple(addresses(first, f"g{i}")) for i in range(3)}
     assert addresses_from_status_file(tmp_path / "missing.json") == {}

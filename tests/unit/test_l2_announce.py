@@ -13,28 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from agent.announce import l2
-from agent.announce.l2 import (
+from agent.announce.l2 import engine as l2
+from agent.announce.l2.frames import (
     ArpRequest,
     Heartbeat,
-    Membership,
-    OnLinkRoute,
     Solicitation,
     arp_reply,
-    covering_interfaces,
     decode_heartbeat,
     encode_heartbeat,
     gratuitous_arp,
     heartbeat_frame,
-    owned_by,
-    owner_of,
     parse_arp_request,
     parse_neighbor_solicitation,
     solicited_na,
     solicited_node_group,
-    strict_arp,
     unsolicited_na,
 )
+from agent.announce.l2.membership import Membership, owned_by, owner_of
+from agent.announce.l2.ports import OnLinkRoute, covering_interfaces, strict_arp
 
 MAC_A = bytes.fromhex("02000000000a")
 MAC_CLIENT = bytes.fromhex("0200000000cc")

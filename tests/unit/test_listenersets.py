@@ -35,8 +35,9 @@ from helpers import (
 )
 from test_conformance_manifests import INFRA, TESTS, load
 
+from agent.feedback import fold_failures
 from agent.model.snapshot import build_snapshot
-from agent.proxy.feedback import apply_problems
+from agent.proxy.reconciler import problem_failures
 from agent.proxy.render import Problem
 from agent.translate.rejections import rejections
 
@@ -221,7 +222,9 @@ def test_allowed_routes_same_is_relative_to_the_listener_set() -> None:
     assert refused["Accepted"] == (False, "NotAllowedByListeners")
     # Traffic: each host answers only the routes its listener admits.
     hosts = {
-        vh.hostname: {e.route for e in vh.routes} for ls in tr.desired.l7 for vh in ls.virtual_hosts
+        vh.hostname: {str(e.route) for e in vh.routes}
+        for ls in tr.desired.l7
+        for vh in ls.virtual_hosts
     }
     assert hosts["listener-set-listener-allowed-routes-same.com"] == {
         f"HTTPRoute {INFRA}/route-in-same-namespace"
@@ -244,7 +247,9 @@ def test_gateway_and_listener_set_parent_refs_are_judged_apart() -> None:
     st = status(tr, LS, ls, INFRA)
     assert [x["attachedRoutes"] for x in st["listeners"]] == [2]
     hosts = {
-        vh.hostname: {e.route for e in vh.routes} for x in tr.desired.l7 for vh in x.virtual_hosts
+        vh.hostname: {str(e.route) for e in vh.routes}
+        for x in tr.desired.l7
+        for vh in x.virtual_hosts
     }
     assert hosts["gw-dual.com"] == {f"HTTPRoute {INFRA}/{both}"}
     assert hosts["ls-dual.com"] == {f"HTTPRoute {INFRA}/{both}", f"HTTPRoute {INFRA}/{one}"}
@@ -363,9 +368,9 @@ def test_rejected_listener_sets_reach_the_log_lines() -> None:
 def test_a_port_the_node_cannot_bind_marks_the_listener_set_listener() -> None:
     tr = run(_gw(http("web", 80)), listener_set("team", http("app", 8080)))
     [ls_listener] = [x for x in tr.desired.l7 if x.listener_set]
-    assert ls_listener.owner == "ListenerSet default/team listener app"
+    assert str(ls_listener.owner) == "ListenerSet default/team listener app"
     problem = Problem(ls_listener.owner, None, "port 8080 is in use", "PortUnavailable")
-    report = apply_problems(tr.status, (problem,))
+    report = fold_failures(tr.status, problem_failures((problem,)))
     obj = report.find(LS, "default", "team")
     assert obj is not None
     programmed = cond(obj.to_dict()["status"]["listeners"][0]["conditions"], "Programmed")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agent.dataplane import nft_rules as R
+from agent.dataplane.frontends import FrontendError, FrontendSpec, normalise
 from agent.state import Backend, FrontendSource, L4Frontend
 
 SRC = FrontendSource("ns", "gw", "l")
@@ -20,7 +21,7 @@ def fe(backends: list[tuple[str, int, int]], reject: int = 0, proto: str = "tcp"
     )
 
 
-def probabilities(spec: R.FrontendSpec) -> dict[str, Fraction]:
+def probabilities(spec: FrontendSpec) -> dict[str, Fraction]:
     """Exact selection probability of each backend through the cascade."""
     left = Fraction(1)
     out: dict[str, Fraction] = {}
@@ -33,7 +34,7 @@ def probabilities(spec: R.FrontendSpec) -> dict[str, Fraction]:
 
 
 def test_cascade_gives_exact_weighted_split() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 1), ("10.20.0.13", 80, 6)]))
+    spec = normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 1), ("10.20.0.13", 80, 6)]))
     probs = probabilities(spec)
     assert probs == {
         "10.20.0.11": Fraction(3, 10),
@@ -46,7 +47,7 @@ def test_cascade_gives_exact_weighted_split() -> None:
 
 
 def test_reject_share_is_refused_not_redistributed() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)], reject=2))
+    spec = normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)], reject=2))
     probs = probabilities(spec)
     assert probs["refuse"] == Fraction(1, 2)
     assert probs["10.20.0.11"] == probs["10.20.0.12"] == Fraction(1, 4)
@@ -54,7 +55,7 @@ def test_reject_share_is_refused_not_redistributed() -> None:
 
 
 def test_no_positive_backend_refuses_everything_but_keeps_backends_known() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 0)]))
+    spec = normalise(fe([("10.20.0.11", 80, 0)]))
     assert R.cascade(spec) == []
     rules = [c["add"]["rule"] for c in R.render_chain_rules(spec)]
     # footer (mark + accept) first, then the dormant weight-0 rule after it
@@ -64,14 +65,14 @@ def test_no_positive_backend_refuses_everything_but_keeps_backends_known() -> No
 
 
 def test_rules_use_no_anonymous_sets() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 5)], reject=1))
+    spec = normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 5)], reject=1))
     text = repr(R.render_add(spec))
     assert "vmap" not in text and "'set'" not in text
     assert "numgen" in text
 
 
 def test_normalise_merges_duplicates_and_sorts() -> None:
-    spec = R.normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 2), ("10.20.0.12", 80, 3)]))
+    spec = normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 2), ("10.20.0.12", 80, 3)]))
     assert spec.backends == (Backend("10.20.0.11", 80, 2), Backend("10.20.0.12", 80, 4))
 
 
@@ -85,19 +86,19 @@ def test_normalise_merges_duplicates_and_sorts() -> None:
     ],
 )
 def test_normalise_rejects_bad_frontends(bad: L4Frontend) -> None:
-    with pytest.raises(R.RenderError):
-        R.normalise(bad)
+    with pytest.raises(FrontendError):
+        normalise(bad)
 
 
 def test_fingerprint_changes_with_weights_only_when_content_changes() -> None:
-    a = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
-    b = R.normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 1)]))
-    c = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 2)]))
+    a = normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
+    b = normalise(fe([("10.20.0.12", 80, 1), ("10.20.0.11", 80, 1)]))
+    c = normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 2)]))
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
-def _spec(vip: str, weight: int = 1) -> R.FrontendSpec:
-    return R.normalise(
+def _spec(vip: str, weight: int = 1) -> FrontendSpec:
+    return normalise(
         L4Frontend(vip, "udp", 53, (Backend(vip.replace("99", "20"), 53, weight),), 0, SRC)
     )
 
@@ -120,8 +121,8 @@ def test_plan_touches_only_changed_frontends() -> None:
 
 
 def test_update_flushes_and_rewrites_and_keeps_counters() -> None:
-    old = R.normalise(fe([("10.20.0.11", 80, 1)]))
-    new = R.normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 1)]))
+    old = normalise(fe([("10.20.0.11", 80, 1)]))
+    new = normalise(fe([("10.20.0.11", 80, 2), ("10.20.0.12", 80, 1)]))
     cmds = R.render_update(old, new)
     table = R.table_of(new.key)
     assert table.startswith("gatewaylb-")
@@ -161,7 +162,7 @@ def test_shards_are_stable_and_spread() -> None:
 
 
 def test_frontend_objects_live_in_their_shard_and_no_verdict_in_shared_table() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 1)]))
+    spec = normalise(fe([("10.20.0.11", 80, 1)]))
     cmds = R.render_plan(R.plan({}, {spec.key: spec}))
     for c in cmds:
         ((_op, body),) = c.items()
@@ -174,8 +175,8 @@ def test_frontend_objects_live_in_their_shard_and_no_verdict_in_shared_table() -
 
 
 def test_removed_backends_ignores_weight_zero() -> None:
-    old = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
-    new = R.normalise(fe([("10.20.0.11", 80, 0)]))
+    old = normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 1)]))
+    new = normalise(fe([("10.20.0.11", 80, 0)]))
     assert R.removed_backends(old, new) == {("10.20.0.12", 80)}
     assert R.removed_backends(old, None) == {("10.20.0.11", 80), ("10.20.0.12", 80)}
 
@@ -209,8 +210,8 @@ def test_parse_table_round_trip_and_detects_tampering() -> None:
     specs = {
         s.key: s
         for s in (
-            R.normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0)], reject=1)),
-            R.normalise(
+            normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0)], reject=1)),
+            normalise(
                 L4Frontend("fd00:99::1", "udp", 53, (Backend("fd00:20::11", 53, 1),), 0, SRC)
             ),
         )
@@ -239,7 +240,7 @@ def test_parse_table_round_trip_and_detects_tampering() -> None:
 
 
 def test_parse_reads_counters_and_flags_a_foreign_layout() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0)]))
+    spec = normalise(fe([("10.20.0.11", 80, 3), ("10.20.0.12", 80, 0)]))
     cmds = R.render_skeleton() + R.render_plan(R.plan({}, {spec.key: spec}))
     parsed = R.parse_table(_as_listing(cmds))
     assert parsed.frontend_counts == {spec.key: (0, 0)}
@@ -277,15 +278,15 @@ _TEXT_SPECS = [
 
 @pytest.mark.parametrize("frontend", _TEXT_SPECS)
 def test_direct_text_equals_translated_json(frontend: L4Frontend) -> None:
-    spec = R.normalise(frontend)
+    spec = normalise(frontend)
     assert R.chain_rules_text(spec) == R.text_lines(R.render_chain_rules(spec))
 
 
 def test_plan_text_writes_what_the_json_plan_writes() -> None:
     """Same element commands; each chain's rules in the same order (as a block)."""
-    specs = [R.normalise(f) for f in _TEXT_SPECS]
-    old = R.normalise(fe([("10.20.0.11", 80, 1)], proto="udp"))
-    gone = R.normalise(L4Frontend("10.99.0.9", "tcp", 80, (Backend("10.20.0.14", 80, 1),), 0, SRC))
+    specs = [normalise(f) for f in _TEXT_SPECS]
+    old = normalise(fe([("10.20.0.11", 80, 1)], proto="udp"))
+    gone = normalise(L4Frontend("10.99.0.9", "tcp", 80, (Backend("10.20.0.14", 80, 1),), 0, SRC))
     p = R.Plan(tuple(s for s in specs if s.key != old.key), ((old, specs[1]),), (gone,))
     flat = R.text_lines(R.render_plan(p))
     lines = R.render_plan_lines(p)
@@ -329,7 +330,7 @@ def test_text_refuses_unknown_vocabulary() -> None:
 
 
 def test_adoption_refuses_non_canonical_addresses_in_comments() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 1)]))
+    spec = normalise(fe([("10.20.0.11", 80, 1)]))
     comments = [R.backend_comment(b) for b in spec.backends] + [R.footer_comment(spec)]
     assert R._parse_chain(spec.key, comments) == spec
     tampered = [c.replace("10.20.0.11", "10.20.0.011") for c in comments]
@@ -337,7 +338,7 @@ def test_adoption_refuses_non_canonical_addresses_in_comments() -> None:
 
 
 def test_footer_rides_on_the_last_dnat_when_nothing_is_refused() -> None:
-    spec = R.normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 3), ("10.20.0.13", 80, 0)]))
+    spec = normalise(fe([("10.20.0.11", 80, 1), ("10.20.0.12", 80, 3), ("10.20.0.13", 80, 0)]))
     rules = [c["add"]["rule"] for c in R.render_chain_rules(spec)]
     # two cascade rules, then the dormant weight-0 one: no separate footer
     assert [r["comment"] for r in rules] == [
@@ -351,6 +352,6 @@ def test_footer_rides_on_the_last_dnat_when_nothing_is_refused() -> None:
     separate = ["glb b=10.20.0.11,80,1", "glb b=10.20.0.12,80,3", R.footer_comment(spec)]
     assert R._parse_chain(spec.key, [*separate, "glb b=10.20.0.13,80,0"]) == spec
     # A reject share keeps the marking footer.
-    refusing = R.normalise(fe([("10.20.0.11", 80, 1)], reject=1))
+    refusing = normalise(fe([("10.20.0.11", 80, 1)], reject=1))
     last = R.render_chain_rules(refusing)[-1]["add"]["rule"]
     assert last["comment"] == R.footer_comment(refusing) and "mangle" in repr(last["expr"])

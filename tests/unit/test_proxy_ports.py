@@ -9,10 +9,12 @@ import os
 import socket
 from collections.abc import Collection
 
+from agent.feedback import fold_failures
 from agent.proxy import ports
-from agent.proxy.feedback import apply_problems
 from agent.proxy.ports import Address, SocketProbe
+from agent.proxy.reconciler import problem_failures
 from agent.proxy.render import Problem
+from agent.refs import ListenerRef, ObjectRef
 from agent.state import (
     Backend,
     BackendSet,
@@ -30,6 +32,10 @@ from agent.translate.status import (
     ObjectStatus,
     StatusReport,
 )
+
+
+def _listener(name: str) -> ListenerRef:
+    return ListenerRef(ObjectRef("Gateway", "default", "gw"), name)
 
 
 class FakeProbe:
@@ -56,7 +62,7 @@ class FakeProbe:
 
 def listener(name: str, port: int, *vips: str) -> L7Listener:
     svc = ServiceBackend("default/be:80", 1, (Backend("10.0.0.1", 80, 1),))
-    route = f"HTTPRoute default/{name}"
+    route = ObjectRef("HTTPRoute", "default", name)
     entry = HTTPRouteEntry(route, 0, HTTPMatch("PathPrefix", "/"), (), BackendSet((svc,)))
     return L7Listener(
         "default/gw", name, vips or ("192.0.2.1",), port, "HTTP", None, None,
@@ -102,13 +108,13 @@ def test_a_listener_with_one_unusable_address_is_left_out_whole() -> None:
     assert served == [good]
     assert problems == (
         Problem(
-            "Gateway default/gw listener bad",
+            _listener("bad"),
             None,
             "[2001:db8::1]:8090 is in use by another process on node node-a",
             "PortUnavailable",
         ),
         Problem(
-            "Gateway default/gw listener denied",
+            _listener("denied"),
             None,
             "192.0.2.2:81 cannot be bound on node node-a: permission denied",
             "PortUnavailable",
@@ -143,19 +149,19 @@ def _gateway(*names: str) -> StatusReport:
 
 def test_a_port_problem_makes_its_listener_not_programmed_with_its_reason() -> None:
     problem = Problem(
-        "Gateway default/gw listener bad",
+        _listener("bad"),
         None,
         "192.0.2.1:8090 is in use by another process on node node-a",
         "PortUnavailable",
     )
-    report = apply_problems(_gateway("good", "bad"), (problem,))
+    report = fold_failures(_gateway("good", "bad"), problem_failures((problem,)))
     status = report.objects[0].status
     assert isinstance(status, GatewayStatus)
     by_name = {ls.name: ls.conditions[-1] for ls in status.listeners}
     assert by_name["good"].status is True
     assert by_name["bad"] == Condition(PROGRAMMED, False, "PortUnavailable", problem.reason, 3)
     # A listener problem without a status reason reads Invalid, as before.
-    plain = Problem("Gateway default/gw listener bad", None, "no usable certificate")
-    status = apply_problems(_gateway("bad"), (plain,)).objects[0].status
+    plain = Problem(_listener("bad"), None, "no usable certificate")
+    status = fold_failures(_gateway("bad"), problem_failures((plain,))).objects[0].status
     assert isinstance(status, GatewayStatus)
     assert status.listeners[0].conditions[-1].reason == "Invalid"

@@ -31,18 +31,14 @@ from agent.filters import (
     URLRewrite,
 )
 from agent.proxy import escape
+from agent.proxy.budget import DEFAULT_BUDGET, Budget
+from agent.proxy.certificates import certificate_id
 from agent.proxy.escape import Unrepresentable
-from agent.proxy.render import (
-    DEFAULT_BUDGET,
-    H2C,
-    Budget,
-    RenderedConfig,
-    certificate_id,
-    cors_origin_pattern,
-    duration_ms,
-    render,
-)
+from agent.proxy.http_filters import cors_origin_pattern, duration_ms
+from agent.proxy.http_frontend import H2C
+from agent.proxy.render import RenderedConfig, render
 from agent.proxy.worker import CHECK_TIMEOUT
+from agent.refs import ObjectRef
 from agent.sources.files import load_directory
 from agent.state import (
     Backend,
@@ -85,7 +81,7 @@ def entry(
     retry: Retry | None = None,
 ) -> HTTPRouteEntry:
     return HTTPRouteEntry(
-        f"HTTPRoute default/{route}",
+        ObjectRef("HTTPRoute", "default", route),
         rule,
         HTTPMatch(kind, path, headers, query, method),
         filters,
@@ -454,7 +450,7 @@ def test_request_mirror_and_unknown_filters_drop_the_rule(tmp_path: Path) -> Non
         str(tmp_path),
     )
     check(rc, tmp_path)
-    assert [(p.route, p.rule) for p in rc.problems] == [("HTTPRoute default/mirror", 0)]
+    assert [(str(p.subject), p.rule) for p in rc.problems] == [("HTTPRoute default/mirror", 0)]
     assert "default/mirror" not in rc.text and "default/ok" in rc.text
 
 
@@ -470,7 +466,7 @@ def test_a_bad_match_drops_every_match_of_its_rule(tmp_path: Path) -> None:
         str(tmp_path),
     )
     check(rc, tmp_path)
-    assert [(p.route, p.rule) for p in rc.problems] == [("HTTPRoute default/r", 1)]
+    assert [(str(p.subject), p.rule) for p in rc.problems] == [("HTTPRoute default/r", 1)]
     assert [ln for ln in lines(rc, "# entry")] == [
         "# entry 0: HTTPRoute default/r rule 0",
         "# entry 1: HTTPRoute default/r rule 2",
@@ -520,7 +516,7 @@ INJECTIONS = [
 def _skeleton(text: str) -> list[str]:
     """The configuration with every quoted word blanked (one token per word)."""
     word = re.compile(r"(?:'[^']*'|\\')+")
-    # An exact value "}" is written as a regex (see render._string_criterion).
+    # An exact value "}" is written as a regex (see http_frontend.string_criterion).
     return [word.sub("Q", ln).replace(" -m reg -- ", " -m str -- ") for ln in text.splitlines()]
 
 
@@ -607,7 +603,7 @@ def test_injection_is_refused_or_neutralised(slot: str, tmp_path: Path) -> None:
         rc = _render_value(slot, value, tmp_path)
         if rc.problems:
             # Refused: the rule is left out and reported; the rest is served.
-            assert {p.route for p in rc.problems} <= {
+            assert {str(p.subject) for p in rc.problems} <= {
                 "HTTPRoute default/r",
                 "Gateway default/gw listener http",
             }
@@ -707,7 +703,7 @@ def test_rejected_certificate_drops_only_its_listener(cert: TLSCertificate, tmp_
         [https, plain], str(tmp_path), rejected_certificates={certificate_id(cert): "bad key"}
     )
     check(rc, tmp_path)
-    assert {p.route for p in rc.problems} == {"Gateway default/gw listener https"}
+    assert {str(p.subject) for p in rc.problems} == {"Gateway default/gw listener https"}
     assert ":443" not in rc.text and ":80" in rc.text
 
 
@@ -722,8 +718,10 @@ def test_tls_passthrough_and_terminate(cert: TLSCertificate, tmp_path: Path) -> 
         "Passthrough",
         None,
         tls_routes=(
-            TLSRouteEntry("TLSRoute default/w", ("*.test",), BackendSet((svc("w", 1),), 1)),
-            TLSRouteEntry("TLSRoute default/a", ("a.test", "b.test"), be),
+            TLSRouteEntry(
+                ObjectRef("TLSRoute", "default", "w"), ("*.test",), BackendSet((svc("w", 1),), 1)
+            ),
+            TLSRouteEntry(ObjectRef("TLSRoute", "default", "a"), ("a.test", "b.test"), be),
         ),
     )
     terminate = L7Listener(
@@ -735,7 +733,7 @@ def test_tls_passthrough_and_terminate(cert: TLSCertificate, tmp_path: Path) -> 
         "Terminate",
         None,
         certificates=(cert,),
-        tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.test",), be),),
+        tls_routes=(TLSRouteEntry(ObjectRef("TLSRoute", "default", "t"), ("a.test",), be),),
         tcp_backends=BackendSet((svc("tcp"),)),
     )
     rc = render([passthrough, terminate], str(tmp_path))
@@ -761,7 +759,7 @@ def test_listeners_of_another_kind_on_a_used_port_are_refused(tmp_path: Path) ->
     b = L7Listener("default/gw", "tls", (VIP,), 80, "TLS", "Passthrough", None)
     rc = render([a, b], str(tmp_path))
     check(rc, tmp_path)
-    assert [p.route for p in rc.problems] == ["Gateway default/gw listener tls"]
+    assert [str(p.subject) for p in rc.problems] == ["Gateway default/gw listener tls"]
 
 
 # -- long conjunctions and the budget ---------------------------------------------------------
@@ -805,7 +803,7 @@ def test_a_route_over_the_per_route_budget_is_left_out_and_named(tmp_path: Path)
     small = _routes(3, 1, 2, 1, "small")
     rc = render([http(("*", big + small))], str(tmp_path), budget=budget)
     check(rc, tmp_path)
-    assert [(p.route, p.rule) for p in rc.problems] == [("HTTPRoute default/big00", None)]
+    assert [(str(p.subject), p.rule) for p in rc.problems] == [("HTTPRoute default/big00", None)]
     reason = rc.problems[0].reason
     assert "needs 352 ACLs" in reason and "the limit is 200 per route" in reason
     assert "default/big00" not in rc.text and rc.text.count("# entry") == 6
@@ -826,7 +824,7 @@ def test_the_routes_needing_most_are_left_out_first_when_the_total_is_over(
     rc = render([http(("*", big + small))], str(tmp_path), budget=budget)
     check(rc, tmp_path)
     # 3 x 144 + 80 = 512: one big route goes (the last by name among equals).
-    assert [p.route for p in rc.problems] == ["HTTPRoute default/big02"]
+    assert [str(p.subject) for p in rc.problems] == ["HTTPRoute default/big02"]
     assert "budget of 400 ACLs" in rc.problems[0].reason
     assert "this one: 144 ACLs" in rc.problems[0].reason
     assert "default/big01" in rc.text and "default/small19" in rc.text
@@ -846,7 +844,7 @@ def test_servers_are_budgeted_per_backend_and_in_total(tmp_path: Path) -> None:
     ]
     rc = render([http(("*", entries))], str(tmp_path), budget=budget)
     check(rc, tmp_path)
-    problems = {(p.route, p.rule): p.reason for p in rc.problems}
+    problems = {(str(p.subject), p.rule): p.reason for p in rc.problems}
     assert problems.keys() == {("HTTPRoute default/huge", 0), ("HTTPRoute default/b", None)}
     assert (
         "has 101 endpoints; a backend holds at most 100" in problems[("HTTPRoute default/huge", 0)]
@@ -868,7 +866,7 @@ def test_the_rendered_text_is_held_to_the_byte_budget(tmp_path: Path) -> None:
     assert len(rc.text) <= budget.bytes
     assert rc.problems
     assert all("budget of 12000 bytes of configuration" in p.reason for p in rc.problems)
-    left_out = {p.route for p in rc.problems}
+    left_out = {str(p.subject) for p in rc.problems}
     kept = {f"HTTPRoute default/r{i}" for i in range(12)} - left_out
     assert kept and all(f"{route} rule 0" in rc.text for route in kept)
     # The largest go first: every route left out is at least as large as any kept.
@@ -889,7 +887,7 @@ def test_the_amplification_attack_renders_within_budget_and_checks_quickly(
     rc = render([http(("*", [*attack, good]))], str(tmp_path))
     rendered = time.monotonic() - t0
     assert rendered < 5
-    left_out = {p.route for p in rc.problems}
+    left_out = {str(p.subject) for p in rc.problems}
     assert 0 < len(left_out) < 64 and "HTTPRoute default/good" not in left_out
     assert all(f"budget of {DEFAULT_BUDGET.acls} ACLs" in p.reason for p in rc.problems)
     assert len(rc.text) <= DEFAULT_BUDGET.bytes
@@ -944,11 +942,12 @@ def test_cors_filter_renders_a_preflight_answer_haproxy_accepts(tmp_path: Path) 
 def test_tls_terminate_and_passthrough_on_one_port_take_two_frontends(
     cert: TLSCertificate, tmp_path: Path
 ) -> None:
+    tls_t, tls_p = ObjectRef("TLSRoute", "default", "t"), ObjectRef("TLSRoute", "default", "p")
     term = L7Listener("default/gw", "t", (VIP,), 8443, "TLS", "Terminate", "a.example.com",
-                      (cert,), tls_routes=(TLSRouteEntry("TLSRoute default/t", ("a.example.com",),
+                      (cert,), tls_routes=(TLSRouteEntry(tls_t, ("a.example.com",),
                                                          BackendSet((svc(),))),))  # fmt: skip
     pass_ = L7Listener("default/gw", "p", (VIP,), 8443, "TLS", "Passthrough", "b.example.com",
-                       tls_routes=(TLSRouteEntry("TLSRoute default/p", ("b.example.com",),
+                       tls_routes=(TLSRouteEntry(tls_p, ("b.example.com",),
                                                  BackendSet((svc("be2"),))),))  # fmt: skip
     rc = render([term, pass_], str(tmp_path))
     assert rc.problems == ()

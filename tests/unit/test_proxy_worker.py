@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.proxy.render import certificate_id
+from agent.proxy.certificates import certificate_id
 from agent.proxy.worker import (
     PORT_RETRY,
     REFUSED_BACKOFF,
@@ -23,6 +23,7 @@ from agent.proxy.worker import (
     ProxyWorker,
     _parse_show_proc,
 )
+from agent.refs import ObjectRef
 from agent.state import (
     Backend,
     BackendSet,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is n
 def route(name: str, header_value: str) -> HTTPRouteEntry:
     svc = ServiceBackend(f"default/{name}:80", 1, (Backend("10.0.0.1", 80, 1),))
     match = HTTPMatch("PathPrefix", f"/{name}", (MatchRule("Exact", "x", header_value),))
-    return HTTPRouteEntry(f"HTTPRoute default/{name}", 0, match, (), BackendSet((svc,)))
+    return HTTPRouteEntry(ObjectRef("HTTPRoute", "default", name), 0, match, (), BackendSet((svc,)))
 
 
 def listener(*entries: HTTPRouteEntry) -> L7Listener:
@@ -68,7 +69,7 @@ def test_isolation_leaves_out_only_the_routes_haproxy_refuses(tmp_path: Path) ->
     listeners = [listener(*routes)]
     rendered, error = worker._isolate(listeners, {}, "poisoned")
     assert error is None
-    assert sorted(p.route for p in rendered.problems) == [
+    assert sorted(str(p.subject) for p in rendered.problems) == [
         "HTTPRoute default/r3",
         "HTTPRoute default/r6",
     ]
@@ -149,7 +150,11 @@ class TakenPorts:
 def on_port(name: str, port: int) -> L7Listener:
     svc = ServiceBackend("default/be:80", 1, (Backend("10.0.0.1", 80, 1),))
     entry = HTTPRouteEntry(
-        f"HTTPRoute default/{name}", 0, HTTPMatch("PathPrefix", "/"), (), BackendSet((svc,))
+        ObjectRef("HTTPRoute", "default", name),
+        0,
+        HTTPMatch("PathPrefix", "/"),
+        (),
+        BackendSet((svc,)),
     )
     return L7Listener(
         "default/gw", name, ("192.0.2.1",), port, "HTTP", None, None,
@@ -187,7 +192,7 @@ def test_worker_leaves_out_a_listener_whose_port_is_taken(
     w.probe = TakenPorts({("192.0.2.1", 8090): errno.EADDRINUSE})
     result = w.apply([on_port("good", 80), on_port("bad", 8090)])
     assert result.ok and result.changed, result
-    assert [(p.route, p.status_reason) for p in result.problems] == [
+    assert [(str(p.subject), p.status_reason) for p in result.problems] == [
         ("Gateway default/gw listener bad", "PortUnavailable")
     ]
     assert "192.0.2.1:8090 is in use by another process on node node-a" in result.problems[0].reason

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from agent.dataplane.vips import guard_state, render_guard
-from agent.election import classify_lease_error
+from agent.kube.client import ApiError
+from agent.kube.election import classify_lease_error
 from agent.metrics import AgentMetrics
 from agent.nodestatus import _agent_from_metrics
-from agent.sources.kubeapi import ApiError
 from agent.state import (
     Backend,
     BackendSet,

@@ -26,6 +26,10 @@ from helpers import (
     tlsroute,
 )
 
+from agent.feedback import fold_failures
+from agent.proxy.reconciler import problem_failures
+from agent.proxy.render import Problem
+
 SVC = backend_service("svc", "10.0.0.1")
 
 
@@ -279,9 +283,23 @@ def test_tls_passthrough_routes_by_sni_and_the_oldest_route_owns_a_hostname() ->
     got = [(r["route"], r["hostnames"], r["backends"]["services"][0]["name"])
            for r in ls["tls_routes"]]  # fmt: skip
     assert got == [
-        ("default/old", ["a.example.com"], "default/a:80"),
-        ("default/new", ["b.example.com"], "default/b:80"),
+        ("TLSRoute default/old", ["a.example.com"], "default/a:80"),
+        ("TLSRoute default/new", ["b.example.com"], "default/b:80"),
     ]
+
+
+def test_what_the_proxy_cannot_serve_of_a_tlsroute_reaches_that_tlsroute_status() -> None:
+    tr = run(
+        gateway("gw", tls_passthrough()),
+        tlsroute("t", backend("a"), hostnames=["a.example.com"]),
+        *backend_service("a", "10.0.0.1"),
+    )
+    entry = tr.desired.l7[0].tls_routes[0]
+    report = fold_failures(tr.status, problem_failures((Problem(entry.route, None, "refused"),)))
+    refused = next(o for o in report.objects if (o.kind, o.name) == ("TLSRoute", "t"))
+    conditions = refused.status.to_dict()["parents"][0]["conditions"]
+    accepted = next(c for c in conditions if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["message"]) == ("False", "refused")
 
 
 def test_tls_terminate_listener_carries_tcproute_as_decrypted_stream() -> None:

@@ -13,21 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from agent.sources.kubeapi import ApiError, KubeClient, micro_time
+from agent.kube.client import ApiError, KubeClient, micro_time
+from agent.refs import ObjectRef
 
 log = logging.getLogger(__name__)
-
-GATEWAY_API = "gateway.networking.k8s.io/v1"
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    kind: str
-    namespace: str
-    name: str
-    api_version: str = GATEWAY_API
 
 
 class EventRecorder:

@@ -5,7 +5,8 @@ or the in-cluster service account, refreshing tokens); requests go through
 urllib3 directly so that lists stay plain JSON (no model objects: 5k routes
 would cost seconds to deserialise) and watches stream line by line.
 
-Owns no cache and no semantics: sources/kube.py builds on it.
+Owns no cache and no semantics: the package's other modules (source.py,
+status.py, events.py, election.py) build on it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.sources.kubeapi import ApiError, KubeClient, micro_time, parse_micro_time
+from agent.kube.client import ApiError, KubeClient, micro_time, parse_micro_time
 
 log = logging.getLogger(__name__)
 

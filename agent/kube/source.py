@@ -11,8 +11,9 @@ on the last good state and resyncs when the server is back.  The source is not
 `synced` until every kind has been listed once, so the agent never programs a
 partial view (which would delete frontends for objects not yet seen).
 
-The raw status of Gateway API objects is kept too: the status writer needs it
-to keep other controllers' route parents and unchanged lastTransitionTimes.
+The raw status of Gateway API objects is kept too: the status writer
+(status.py) needs it to keep other controllers' route parents and unchanged
+lastTransitionTimes.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.gcpause import gc_paused
+from agent.kube.client import ApiError, ApiResource, Gone, KubeClient
 from agent.model.config import CONFIG_GROUP, CONFIG_KIND
 from agent.model.routes import ROUTE_KINDS
 from agent.model.snapshot import LoadProblem, Parsed, Snapshot, SnapshotBuilder, parse_object
-from agent.sources.kubeapi import ApiError, ApiResource, Gone, KubeClient
 
 log = logging.getLogger(__name__)
 
