@@ -1,7 +1,12 @@
 """What a route asks of the traffic it carries: filters, timeouts, retries,
 references to backends.  Plain frozen values, parsed by the model
-(model/routes.py) and carried as they are by the desired state (state.py),
-so that the desired state depends on nothing of the model.
+(model/route_filters.py, model/routes.py) and carried as they are by the
+desired state (state.py), so that the desired state depends on nothing of the
+model.
+
+Owns these types only: no parsing, no validation, no I/O.  It must never import
+anything of the agent (agent.model least of all), or the desired state would
+depend on the model again.
 """
 
 from __future__ import annotations

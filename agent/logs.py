@@ -5,6 +5,10 @@ messages quoting manifests).  The text formatter escapes every control
 character of the rendered line, so no value can end a line and forge the
 next one; call sites quote input values with %r so that none can pose as
 another key.  The JSON formatter escapes by construction.
+
+Owns the two formatters and the one root handler (`setup_logging`, to
+stderr).  What is logged, and at which level, is the call sites' to decide;
+nothing here writes anywhere but stderr.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ Names and labels are part of the contract (shared/CONTRACT.md).  Per-frontend
 and per-backend counters live in the kernel; they are read at scrape time
 through a callback, so /metrics always shows what the kernel counted, and an
 agent restart continues the kernel's counts instead of resetting them.
+
+Four collectors read at scrape time, through the callbacks they are given:
+the frontend and backend counters and the unserved-packet counter (both kept
+in the kernel), the announcer's state, and who writes status.  Nothing here
+reads the kernel itself or ever writes to it; /healthz and /readyz only
+report what their callbacks say.
 """
 
 from __future__ import annotations

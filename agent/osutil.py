@@ -1,5 +1,9 @@
 """Process and file helpers shared by the modules that manage daemons (the
-HAProxy worker, the gobgpd speaker) and write state files (status, configs)."""
+HAProxy worker, the gobgpd speaker) and write state files (status, configs).
+
+Owns only the mechanisms: whether a pid runs, stopping it, replacing a file
+atomically.  Which process to stop and which file to write is always the
+caller's; nothing here starts a process."""
 
 from __future__ import annotations
 

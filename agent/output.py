@@ -1,4 +1,8 @@
-"""The document `translate` prints and `run --status-file` writes."""
+"""The document `translate` prints and `run --status-file` writes.
+
+Owns its shape (objects, desired, problems) and its JSON or YAML text.  It
+never writes it anywhere: cli.py prints it, statuswriter.py writes the file.
+"""
 
 from __future__ import annotations
 

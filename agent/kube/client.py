@@ -6,7 +6,10 @@ urllib3 directly so that lists stay plain JSON (no model objects: 5k routes
 would cost seconds to deserialise) and watches stream line by line.
 
 Owns no cache and no semantics: the package's other modules (source.py,
-status.py, events.py, election.py) build on it.
+status.py, events.py, election.py) build on it.  It never decides what to
+read or write (paths, queries and bodies all come from its callers), never
+retries a request (callers back off), and on a 410 raises `Gone` for the
+caller to relist rather than relisting itself.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ one node (a frontend the kernel refused, a route the local proxy could not
 render) is told as a Warning Event on the object it concerns, naming the node
 (reportingInstance), so `kubectl describe` shows it.  Repeats of the same
 event are sent at most every `repeat_after` seconds.
+
+Owns only the sending and the record of what was sent (in memory: a restart
+forgets it).  It creates Events and nothing else: it never reads an object
+and never writes another one or a status, nor decides what is worth telling
+(lanes.py does); an API error on the write is logged, not raised.
 """
 
 from __future__ import annotations

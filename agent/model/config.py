@@ -9,6 +9,10 @@ Every rule a CRD schema could not express (an address range that runs
 backwards, overlapping pools, a peer that is not an IP address) is checked here
 so that the error names the field; a GatewayClass that references a malformed
 config is then not Accepted, with that error as the message.
+
+Pure: reads only the document it is given, never a file or the cluster.  It
+never assigns an address (translate/ipam.py does) and never announces one
+(agent/announce does).
 """
 
 from __future__ import annotations

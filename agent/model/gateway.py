@@ -1,6 +1,11 @@
 """GatewayClass, Gateway, ListenerSet and ReferenceGrant, with the defaults and
 validation rules their CRDs declare (OpenAPI defaults and the CEL rules the API
 server enforces).
+
+A Gateway's `status.addresses` is read too, leniently (a damaged status never
+makes the Gateway invalid): it is what keeps pool addresses stable (see
+translate/ipam.py).  Pure: reads only the document it is given.  It never
+resolves a reference or settles a conflict between objects; translate does.
 """
 
 from __future__ import annotations

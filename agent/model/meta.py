@@ -1,4 +1,9 @@
-"""Object identity and metadata shared by every kind."""
+"""Object identity and metadata shared by every kind.
+
+Owns Key, GroupKind, ObjectMeta and the oldest-first order that breaks ties
+(`age_order`).  Pure: never reads the clock; age compares creationTimestamp
+as the API server wrote it.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """BackendTLSPolicy: how the proxy must speak TLS to a Service's endpoints,
 with the defaults and validation rules its CRD declares.
+
+Pure: reads only the document it is given.  It never resolves the CA
+references or settles conflicts between policies (translate/backendtls.py
+does).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Parsing fills in the CRD defaults and enforces the CRDs' CEL rules, so an object
 that the API server would have refused is refused here too, naming its field.
+Filters and backend references are parsed by route_filters.py.
+
+Pure: reads only the document it is given.  It never resolves a parentRef or a
+backendRef (translate/attach.py and translate/backends.py do).
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import socket
 import ssl
 import subprocess
@@ -58,6 +57,13 @@ from pathlib import Path
 from agent.osutil import terminate, write_atomically
 from agent.proxy import ports
 from agent.proxy.certificates import CERT_DIR, certificate_id, certificate_pem
+from agent.proxy.master import (
+    MasterSocketError,
+    ProcEntry,
+    master_command,
+    master_reloads,
+    parse_show_proc,
+)
 from agent.proxy.ports import Address, PortProbe, SocketProbe
 from agent.proxy.render import Problem, RenderedConfig, all_routes, render
 from agent.proxy.sections import HEALTH_SOCKET
@@ -119,14 +125,6 @@ class Refused:
     error: str
     retry_at: float  # time.monotonic()
     backoff: float
-
-
-@dataclass(frozen=True, slots=True)
-class ProcEntry:
-    pid: int
-    kind: str  # master | worker
-    reloads: int
-    failed: int = 0  # the master's failed reloads
 
 
 def default_threads() -> int:
@@ -299,7 +297,7 @@ class ProxyWorker:
             out = self.command("show proc", timeout=2.0)
         except ProxyError:
             return False
-        return any(p.kind == "worker" for p in _parse_show_proc(out))
+        return any(p.kind == "worker" for p in parse_show_proc(out))
 
     def ensure_running(self) -> bool:
         """Restart HAProxy with the last configuration if it died (with back-off)."""
@@ -346,11 +344,14 @@ class ProxyWorker:
         return pid
 
     def processes(self) -> list[ProcEntry]:
-        return _parse_show_proc(self.command("show proc"))
+        return parse_show_proc(self.command("show proc"))
 
     def command(self, cmd: str, timeout: float = 5.0) -> str:
         """One master CLI command; the answer (prefix `@1 ` for the worker)."""
-        return _socket_command(self.master_socket, cmd, timeout)
+        try:
+            return master_command(self.master_socket, cmd, timeout)
+        except MasterSocketError as exc:
+            raise ProxyError(str(exc)) from None
 
     def stop(self, remove_files: bool = False) -> None:
         """Stop the master and its workers (ours only), then optionally remove
@@ -545,7 +546,7 @@ class ProxyWorker:
         raise ProxyError("haproxy started but its master socket does not answer")
 
     def _reload(self) -> None:
-        before = _master_reloads(self.processes())
+        before = master_reloads(self.processes())
         self.command("reload")
         deadline = time.monotonic() + self.reload_timeout
         last = ""
@@ -556,8 +557,8 @@ class ProxyWorker:
             except ProxyError as exc:
                 last = str(exc)  # the master is re-executing itself
                 continue
-            procs = _parse_show_proc(out)
-            after = _master_reloads(procs)
+            procs = parse_show_proc(out)
+            after = master_reloads(procs)
             if after is None or before is None or after[0] <= before[0]:
                 continue
             if after[1] > before[1]:
@@ -579,46 +580,6 @@ class ProxyWorker:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _socket_command(path: Path, cmd: str, timeout: float) -> str:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(cmd.encode() + b"\n")
-            # The master CLI answers only once the client half-closes.
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-    except OSError as exc:
-        raise ProxyError(f"master socket {path}: {exc}") from None
-    return b"".join(chunks).decode(errors="replace")
-
-
-# `<pid> <type> <reloads> [failed: N] <uptime> <version>` (failed: master only).
-_SHOW_PROC = re.compile(r"^(\d+)\s+(\w+)\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?")
-
-
-def _parse_show_proc(out: str) -> list[ProcEntry]:
-    procs = []
-    for line in out.splitlines():
-        m = _SHOW_PROC.match(line)
-        if m is not None:
-            failed = int(m.group(4)) if m.group(4) else 0
-            procs.append(ProcEntry(int(m.group(1)), m.group(2), int(m.group(3)), failed))
-    return procs
-
-
-def _master_reloads(procs: list[ProcEntry]) -> tuple[int, int] | None:
-    for p in procs:
-        if p.kind == "master":
-            return (p.reloads, p.failed)
-    return None
 
 
 def _is_haproxy(pid: int) -> bool:

@@ -1,5 +1,8 @@
 """What the agent needs from a source of objects: the current Snapshot and a
-way to wait until it may have changed."""
+way to wait until it may have changed.
+
+A Protocol only, implemented by sources/files.py (FileSource) and
+kube/source.py (KubeSource); nothing here reads anything."""
 
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ A manifest that does not parse when the agent starts (half-saved while it was
 down) falls back to what it held when it last parsed; deleting a file deletes
 its entry.  The cache directory must be root's own and private: it is refused
 otherwise, and that is reported.
+
+In that directory it writes and deletes only its own entries (named by the
+SHA-256 of a path) and its temp files.  It never parses what it keeps: it
+hands back raw bytes, and the files source parses them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ messages read FILE:LINE.  Every cost is bounded (`Limits`: bytes, tokens,
 documents), and nothing a text holds can raise anything but `ManifestError`.
 No message made here can span two lines (`shown`).
 
-Knows nothing of files, directories or Gateway API semantics.
+Knows nothing of files, directories or Gateway API semantics: it is handed
+text or bytes (readfile.py reads the files, files.py walks the directory) and
+never opens a path: a path only names the text in messages and, by its
+suffix, says whether the text is JSON or YAML.
 """
 
 from __future__ import annotations

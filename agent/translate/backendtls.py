@@ -14,6 +14,10 @@ backend's does.
 
 The status of a policy is written for each of our Gateways with a route whose
 backendRefs reach a Service it targets (its "ancestors").
+
+Pure, as all of translate: it judges the policies and hands the proxy a
+BackendTLS per Service port.  It never checks a CA bundle itself
+(cabundles.py does) and never renders proxy configuration.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 BackendTLSPolicy trusts for backends and a Gateway's spec.tls.frontend
 trusts for clients.  Each reference resolves to a PEM bundle the TLS library
 can load, or to the reason it cannot, with the spec's reasons.
+
+Reads only the Snapshot index: never a file or the system's trust store (its
+one check loads a bundle into a throwaway TLS context, cached by content).
+It never decides whether a policy or a listener is accepted; its callers do.
 """
 
 from __future__ import annotations

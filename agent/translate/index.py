@@ -1,4 +1,8 @@
-"""Lookups over a Snapshot, built once per translation so every rule is O(1)."""
+"""Lookups over a Snapshot, built once per translation so every rule is O(1).
+
+Owns only those lookups: it keeps the Snapshot's objects as they are, judges
+nothing and builds no status.
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ function of the cluster state alone:
 
 A Gateway asking for two addresses from pools of both families gets one of
 each (dual stack).  An exhausted pool leaves the Gateway AddressNotAssigned.
+
+Pure: never reads the clock, a file or the cluster, and never records what it
+assigns; the status writers do (status.addresses, the status file), and rule 2
+reads it back.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Precedence is the Gateway API's: the most specific hostname first; within a
 hostname, Exact path, then RegularExpression, then the longest PathPrefix; then a
 method match, more header matches, more query matches; then the oldest route,
 then namespace/name, then rule and match order.
+
+Pure: it only builds and orders the entries of rules translate already
+accepted.  It never judges a route or resolves a backend, and never renders
+proxy configuration (agent/proxy does).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""ReferenceGrant: may an object in one namespace refer to one in another?"""
+"""ReferenceGrant: may an object in one namespace refer to one in another?
+
+Owns that one question (`reference_permitted`), answered from the Snapshot
+index alone.  It says only yes or no, never whether the target exists: the
+caller picks the reason it reports (RefNotPermitted).
+"""
 
 from __future__ import annotations
 

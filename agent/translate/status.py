@@ -2,6 +2,10 @@
 
 Conditions carry no lastTransitionTime: translate has no clock.  The status
 writers stamp it, keeping the previous time when a condition did not change.
+
+Owns the condition types, the reasons and the dict form that status is
+written in.  It decides no condition itself (the rest of translate does) and never
+writes status anywhere.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def segment() -> Iterator[Segment]:
         yield seg
 
 
-# -- run in the client namespace (probes written from the RFCs, apart from l2.py) ----
+# -- run in the client namespace (probes written from the RFCs, apart from announce/l2) ----
 
 
 def _raw(proto: int) -> socket.socket:

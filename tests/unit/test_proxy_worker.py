@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from agent.proxy.certificates import certificate_id
+from agent.proxy.master import parse_show_proc
 from agent.proxy.worker import (
     PORT_RETRY,
     REFUSED_BACKOFF,
     ProxyError,
     ProxyWorker,
-    _parse_show_proc,
 )
 from agent.refs import ObjectRef
 from agent.state import (
@@ -123,7 +123,7 @@ def test_show_proc_parsing() -> None:
         "21100           worker          1               0d00h00m02s     2.6.12\n"
         "# programs\n"
     )
-    procs = _parse_show_proc(out)
+    procs = parse_show_proc(out)
     assert [(p.pid, p.kind, p.reloads, p.failed) for p in procs] == [
         (21055, "master", 3, 1),
         (21237, "worker", 0, 0),
