@@ -62,7 +62,7 @@ def read_dataplanes(found: inventory.Inventory) -> list[DataplaneView]:
     if found.tc or found.pin_dirs:
         views.append(_ebpf_view(found))
     if any(_is_nftables_dataplane_table(t) for t in found.nft_tables):
-        from agent.dataplane.nftables import NftablesDataplane
+        from agent.dataplane.nft.dataplane import NftablesDataplane
 
         plane = NftablesDataplane()
         views.append(
@@ -77,7 +77,7 @@ def read_dataplanes(found: inventory.Inventory) -> list[DataplaneView]:
 
 
 def _is_nftables_dataplane_table(name: str) -> bool:
-    from agent.dataplane.nft_rules import is_our_table
+    from agent.dataplane.nft.layout import is_our_table
 
     return is_our_table(name)
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nft_scale import BACKENDS, frontend
 
-from agent.dataplane.ebpf import EbpfDataplane
+from agent.dataplane.ebpf.dataplane import EbpfDataplane
 from agent.lab import Lab
 from agent.state import DesiredState
 

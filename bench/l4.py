@@ -194,7 +194,7 @@ def dataplane(lab: Lab, mode: str, tmp: Path) -> Iterator[Any]:
             floor.cleanup()
         return
     if mode == "nftables":
-        from agent.dataplane.nftables import NftablesDataplane
+        from agent.dataplane.nft.dataplane import NftablesDataplane
 
         nft = lab.call(lab.node, NftablesDataplane)
         try:
@@ -202,7 +202,7 @@ def dataplane(lab: Lab, mode: str, tmp: Path) -> Iterator[Any]:
         finally:
             lab.call(lab.node, nft.cleanup)
         return
-    from agent.dataplane.ebpf import EbpfDataplane
+    from agent.dataplane.ebpf.dataplane import EbpfDataplane
 
     bpffs = tmp / "bpffs"
     bpffs.mkdir(exist_ok=True)

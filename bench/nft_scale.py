@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.dataplane import nft_rules as R
-from agent.dataplane.nftables import NftablesDataplane
+from agent.dataplane.nft import layout as R
+from agent.dataplane.nft.dataplane import NftablesDataplane
 from agent.lab import Lab
 from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
 

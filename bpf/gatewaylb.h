@@ -1,6 +1,6 @@
 /* gatewaylb: map layouts shared by the tc and cgroup programs.
  *
- * agent/dataplane/ebpf.py mirrors these structs with ctypes; the two must
+ * agent/dataplane/bpf/layouts.py mirrors these structs with ctypes; the two must
  * change together.  Addresses are stored in network byte order in 16 bytes:
  * IPv4 uses addr[0] and leaves the rest zero, IPv6 uses all four words.
  * Ports are in network byte order.

@@ -31,19 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agent.dataplane.ebpf import (
+from agent.dataplane.bpf import EbpfError
+from agent.dataplane.bpf.attach import (
     CGROUP_HOOKS,
-    MAPS,
     PROGRAM_PREFIX,
     TC_EGRESS,
     TC_HANDLE,
     TC_INGRESS,
     TC_PRIO,
-    EbpfError,
-    EbpfView,
-    _Bpf,
-    mounts_of,
 )
+from agent.dataplane.bpf.layouts import MAPS
+from agent.dataplane.bpf.mounts import mounts_of
+from agent.dataplane.bpf.syscall import Bpf as _Bpf
+from agent.dataplane.ebpf.view import EbpfView
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _prog_info(prog_id: int) -> tuple[str, tuple[int, ...]] | None:
 
 
 def find_nft_tables() -> list[str]:
-    from agent.dataplane.nftables import NetlinkReader
+    from agent.dataplane.nft.netlink import NetlinkReader
 
     reader = NetlinkReader()
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.dataplane.base import Dataplane
-from agent.dataplane.ebpf import mount_fstype, on_bpffs
+from agent.dataplane.bpf.mounts import mount_fstype, on_bpffs
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,11 @@ def open_dataplane(mode: str, options: DataplaneOptions = DataplaneOptions()) ->
     """Open (and adopt the kernel state of) the dataplane of `mode`."""
     mode = resolve_mode(mode)
     if mode == "nftables":
-        from agent.dataplane.nftables import NftablesDataplane
+        from agent.dataplane.nft.dataplane import NftablesDataplane
 
         return NftablesDataplane(interfaces=options.interfaces)
-    from agent.dataplane.ebpf import EbpfDataplane, EbpfError
+    from agent.dataplane.bpf import EbpfError
+    from agent.dataplane.ebpf.dataplane import EbpfDataplane
 
     ensure_bpffs(options.bpf_pin_dir)
     interfaces = options.interfaces or default_interfaces()

@@ -39,7 +39,7 @@ from agent.reconcile import Outcome
 from agent.state import TCP, DesiredState, FrontendKey
 
 if TYPE_CHECKING:
-    from agent.dataplane.nftables import NetlinkReader
+    from agent.dataplane.nft.netlink import NetlinkReader
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class VIPGuard:
         netlink: `list counter` through libnftables fills its whole cache
         first, 6 s at 10k nftables frontends, on every scrape."""
         if self._reader is None:
-            from agent.dataplane.nftables import NetlinkReader
+            from agent.dataplane.nft.netlink import NetlinkReader
 
             self._reader = NetlinkReader()
         counted = self._reader.counter(TABLE, "unserved")

@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.dataplane.ebpf import CGROUP_HOOKS, EbpfDataplane, EbpfError
+from agent.dataplane.bpf import EbpfError
+from agent.dataplane.bpf.attach import CGROUP_HOOKS
+from agent.dataplane.ebpf.dataplane import EbpfDataplane
 from agent.dataplane.inventory import find_cgroup_programs
 from agent.lab import Host, Lab, netns, vip4, vip6
 from agent.lab.netns import exec_argv

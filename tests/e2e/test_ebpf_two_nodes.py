@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataplane.ebpf import EbpfDataplane
+from agent.dataplane.ebpf.dataplane import EbpfDataplane
 from agent.lab import Lab, vip4
 from agent.state import Backend, DesiredState, FrontendSource, L4Frontend
 

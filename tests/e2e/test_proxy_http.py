@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from agent.dataplane.nftables import NftablesDataplane
+from agent.dataplane.nft.dataplane import NftablesDataplane
 from agent.filters import (
     CORSPolicy,
     HeaderModifier,

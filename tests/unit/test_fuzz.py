@@ -58,8 +58,9 @@ from helpers import CONTROLLER, gateway_class, secret
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.dataplane import nft_rules as nft
 from agent.dataplane.frontends import FrontendError, FrontendSpec, canonical_ip, normalise
+from agent.dataplane.nft import plan as nft
+from agent.dataplane.nft import render as nft_render
 from agent.filters import (
     HeaderModifier,
     RouteFilter,
@@ -1232,7 +1233,7 @@ def check_nft_lines(lines: list[str]) -> None:
         assert re.fullmatch(r"[\t -~]*", physical), physical
         assert physical.count('"') % 2 == 0, physical
         for comment in _NFT_COMMENT.findall(physical):
-            assert nft._SAFE_COMMENT(comment), physical
+            assert nft_render._SAFE_COMMENT(comment), physical
         stripped = physical.strip("\t")
         assert (
             _NFT_COMMAND.match(physical)
@@ -1266,8 +1267,7 @@ def render_contract(name: str, desired: DesiredState) -> None:
     specs = nft_specs(desired)
     for programmed in ({}, nft_specs(translated(name))):
         plan = nft.plan(programmed, specs)
-        check_nft_lines(nft.render_plan_lines(plan))
-        check_nft_lines(nft.text_lines(nft.render_plan(plan)))
+        check_nft_lines(nft_render.lines(nft.frontends(plan)))
 
 
 def test_unmutated_worlds_render_cleanly() -> None:
@@ -1737,11 +1737,11 @@ def test_lone_surrogate_in_a_regex_path_is_refused() -> None:
 
 
 def test_ipv6_zone_in_a_gateway_address_is_refused() -> None:
-    # Was: fe80::1%eth0 became a VIP; nft_rules.normalise took it and rendering
+    # Was: fe80::1%eth0 became a VIP; the normalisation took it and rendering
     # the plan raised OSError in inet_pton (fixed in 5e56a0b: zones are refused).
     desired = translate(build_snapshot(_sources(_our_gateway("fe80::1%eth0"))), CONTROLLER).desired
     assert not any("%" in vip for vip in desired.vips)
-    check_nft_lines(nft.render_plan_lines(nft.plan({}, nft_specs(desired))))
+    check_nft_lines(nft_render.lines(nft.frontends(nft.plan({}, nft_specs(desired)))))
 
 
 @pytest.mark.parametrize(
@@ -1755,8 +1755,7 @@ def test_nft_normalise_refuses_an_ipv6_zone(vip: str, backend: str) -> None:
         spec = normalise(frontend)
     except FrontendError:
         return
-    check_nft_lines(nft.render_plan_lines(nft.plan({}, {spec.key: spec})))
-    check_nft_lines(nft.text_lines(nft.render_plan(nft.plan({}, {spec.key: spec}))))
+    check_nft_lines(nft_render.lines(nft.frontends(nft.plan({}, {spec.key: spec}))))
 
 
 def _listener_with_header_value(

@@ -3,7 +3,7 @@ agent looks for the bpf filesystem and the cgroup v2 hierarchy."""
 
 from __future__ import annotations
 
-from agent.dataplane.ebpf import visible_mounts
+from agent.dataplane.bpf.mounts import visible_mounts
 
 
 def line(mount_id: int, point: str, fstype: str) -> str:

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from agent.dataplane.ebpf import on_bpffs
+from agent.dataplane.bpf.mounts import on_bpffs
 from agent.dataplane.select import cgroup2_root as agent_cgroup2_root
 
 BPFFS = Path("/sys/fs/bpf")
