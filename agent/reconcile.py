@@ -6,12 +6,14 @@ whole desired value each time and converges its piece of the world to it.  It
 is idempotent (the same value twice writes nothing the second time), adopts
 what a previous run left instead of resetting it, and never raises for one
 object's trouble: what it could not do comes back as `Failure`s told on a
-typed reference to the object concerned, so the daemon turns them into
-Events and status in one place, and one failure never blocks the others.
-An exception means the stage as a whole failed; the daemon logs it, counts it
-and retries with back-off.
+typed reference to the object concerned, so the lanes (agent/lanes.py) turn
+them into Events and status in one place, and one failure never blocks the
+others.  An exception means the stage as a whole failed; it is logged,
+counted and retried with back-off.
 
-Plain data and a Protocol: nothing here touches the kernel or the cluster.
+Plain data, the Protocol, and the outcome both kernel dataplanes build from
+their per-frontend errors (logged here, once for both): nothing here touches
+the kernel or the cluster.
 """
 
 from __future__ import annotations

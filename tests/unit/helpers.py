@@ -8,6 +8,7 @@ with a static VIP, routes in "default" attached to it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -605,3 +606,37 @@ def l7(tr: Translation, listener_name: str) -> Doc:
             out: Doc = item
             return out
     raise AssertionError(f"no L7 listener {listener_name}")
+
+
+class FakeSource:
+    """A Source (agent/sources/base.py) over a Snapshot the test sets."""
+
+    name = "fake"
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.current = snap
+        self.changed = asyncio.Event()
+
+    def synced(self) -> bool:
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return self.current
+
+    def errors(self) -> list[str]:
+        return []
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.changed.clear()
+        return True
+
+    def set(self, snap: Snapshot) -> None:
+        self.current = snap
+        self.changed.set()
+
+    def close(self) -> None:
+        pass

@@ -20,6 +20,7 @@ from agent.reconcile import Outcome
 from agent.state import DesiredState
 from tests.unit.helpers import (
     CONTROLLER,
+    FakeSource,
     backend,
     backend_service,
     gateway,
@@ -31,38 +32,6 @@ from tests.unit.helpers import (
     tcp,
     tcproute,
 )
-
-
-class FakeSource:
-    name = "fake"
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.current = snap
-        self.changed = asyncio.Event()
-
-    def synced(self) -> bool:
-        return True
-
-    def snapshot(self) -> Snapshot:
-        return self.current
-
-    def errors(self) -> list[str]:
-        return []
-
-    async def wait_for_change(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.changed.clear()
-        return True
-
-    def set(self, snap: Snapshot) -> None:
-        self.current = snap
-        self.changed.set()
-
-    def close(self) -> None:
-        pass
 
 
 class FakeDataplane:

@@ -30,6 +30,7 @@ from agent.state import DesiredState, FrontendKey
 from agent.statuswriter import StatusView
 from tests.unit.helpers import (
     CONTROLLER,
+    FakeSource,
     backend,
     backend_service,
     gateway,
@@ -63,34 +64,6 @@ class Journal:
     def times(self, name: str) -> list[float]:
         with self.lock:
             return [t for t, n in self.entries if n == name]
-
-
-class FakeSource:
-    name = "fake"
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.current = snap
-        self.changed = asyncio.Event()
-
-    def synced(self) -> bool:
-        return True
-
-    def snapshot(self) -> Snapshot:
-        return self.current
-
-    def errors(self) -> list[str]:
-        return []
-
-    async def wait_for_change(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.changed.clear()
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
