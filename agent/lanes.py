@@ -119,6 +119,10 @@ class Stages:
         is the stage failing as a whole: logged with its traceback, counted,
         and the lane retried with back-off."""
         name = stage.reconciler.name
+        # Exported (at 0) from the stage's first run, not from its first
+        # failure: a series born at 1 shows no increase, so rate() and an alert
+        # on it would miss that first failure.
+        errors = self._metrics.sync_errors.labels(name)
         t0 = time.monotonic()
         try:
             if stage.kernel:
@@ -130,13 +134,13 @@ class Stages:
             else:
                 outcome = stage.reconciler.reconcile(desired)
         except Exception:
-            self._metrics.sync_errors.labels(name).inc()
+            errors.inc()
             log.exception("event=reconcile_failed reconciler=%s", name)
             return Ran(name, Outcome(converged=False), raised=True)
         finally:
             self._metrics.sync_duration.labels(name).observe(time.monotonic() - t0)
         if not outcome.converged:
-            self._metrics.sync_errors.labels(name).inc()
+            errors.inc()
         return Ran(name, outcome)
 
     async def run(self, lane: Sequence[Stage[DesiredT]], desired: DesiredT) -> LaneRun:

@@ -20,6 +20,12 @@ VENV=.venv
 # Line 1: the repo path the venv was made at; line 2: `extras: <pip extras installed>`.
 STAMP=$VENV/.installed-stamp
 PACKAGES_FILE=scripts/debian-packages.txt
+# Packages installed for their programs only, whose Debian service must not run:
+# the tests start their own instances (in lab namespaces, with their own
+# configuration), and a system-wide Prometheus would listen on :9090 and scrape
+# for nothing. Only a service this script has just installed is kept off; one
+# installed before is left as it is.
+NO_SERVICE=(prometheus)
 
 log() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
@@ -78,7 +84,36 @@ if [ ${#missing[@]} -gt 0 ]; then
     # instead of failing at once.
     apt_opts=(-o DPkg::Lock::Timeout=300)
     apt-get "${apt_opts[@]}" update -q
+    quiet=()
+    for p in "${NO_SERVICE[@]}"; do
+        [[ " ${missing[*]} " == *" $p "* ]] && quiet+=("$p")
+    done
+    systemd=0
+    [ -d /run/systemd/system ] && systemd=1
+    # Under systemd a runtime mask keeps the postinst from starting the service
+    # at all (deb-systemd-invoke starts only enabled units); it goes with the
+    # disable below, so the unit is left disabled, not masked.
+    for p in "${quiet[@]}"; do
+        [ "$systemd" -eq 0 ] || systemctl mask --runtime --quiet "$p.service"
+    done
     apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    for p in "${quiet[@]}"; do
+        # Not enabled for the next boot either (systemctl edits the SysV links
+        # too, and works without a running systemd).
+        if command -v systemctl >/dev/null; then
+            systemctl disable --quiet "$p.service" >/dev/null 2>&1 || true
+        else
+            update-rc.d "$p" disable >/dev/null 2>&1 || true
+        fi
+        if [ "$systemd" -eq 1 ]; then
+            systemctl unmask --runtime --quiet "$p.service"
+        elif [ -x "/etc/init.d/$p" ]; then
+            # Without systemd the postinst starts it through invoke-rc.d (unless
+            # a policy-rc.d forbids it, as in most containers): stop it again.
+            "/etc/init.d/$p" stop >/dev/null 2>&1 || true
+        fi
+        log "$p: installed for its programs; its service is not running and not enabled"
+    done
 fi
 
 # --- 2. Kernel headers for bcc -----------------------------------------------
