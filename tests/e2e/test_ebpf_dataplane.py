@@ -347,7 +347,7 @@ def test_a_fresh_syn_on_the_5_tuple_of_a_draining_backend_takes_a_live_one(env: 
     """A client reusing a source port: the flow table still maps the 5-tuple
     to a backend that now drains (a terminating pod about to stop
     listening).  The SYN is a new connection and goes to a live backend."""
-    sport = 40080
+    sport = 22080  # below the ephemeral range: no connection of another test holds it
     env.program(frontend(vip4(20), 80, {1: 1}))
     assert env.client(tcp_ask, vip4(20), 80, 1.0, sport) == "be1"
     env.program(frontend(vip4(20), 80, {1: 0, 2: 1}))
@@ -355,7 +355,7 @@ def test_a_fresh_syn_on_the_5_tuple_of_a_draining_backend_takes_a_live_one(env: 
 
 
 def test_udp_flow_of_a_removed_backend_moves_and_a_draining_one_stays(env: Env) -> None:
-    sport = 40053  # one 5-tuple throughout: the flow table decides, not Maglev
+    sport = 22053  # one 5-tuple throughout (and below the ephemeral range)
     env.program(frontend(vip4(19), 53, {1: 1}, proto="udp"))
     assert env.client(udp_ask, vip4(19), 53, sport)[0] == "be1"
     # Weight 0 keeps the flow (draining) ...
