@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bird import NODE_ASN, ROUTER_ASN, bird_config
 
 from agent.lab import Host
 from agent.lab import wait_for as lab_wait_for
@@ -221,31 +222,9 @@ def test_l2_one_node_answers_for_a_pool_vip_and_another_takes_over_when_it_dies(
 
 # -- BGP --------------------------------------------------------------------------------
 
-ROUTER_ASN, NODE_ASN = 64512, 64513
 POOL_BGP = "10.66.0.0/29"  # on no link: the router learns it from the nodes only
 HOLD = 3
 UNKNOWN_PEER = "10.77.0.250"
-
-
-def bird_config(fabric: Fabric) -> str:
-    sessions = "".join(
-        f"protocol bgp {n.role.replace('-', '_')} from nodes "
-        f"{{ neighbor {n.ip4} as {NODE_ASN}; }}\n"
-        for n in fabric.nodes
-    )
-    return f"""router id {fabric.router.ip4};
-protocol device {{ scan time 1; }}
-protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
-template bgp nodes {{
-  local as {ROUTER_ASN};
-  hold time {HOLD};
-  keepalive time 1;
-  passive on;             # the nodes' gobgpd connect, it never listens
-  error wait time 1, 2;   # not 60 s before a node that failed may come back
-  graceful restart on;
-  ipv4 {{ import all; export none; }};
-}}
-{sessions}"""
 
 
 def router_next_hops(fabric: Fabric, vip: str) -> set[str]:
@@ -279,7 +258,7 @@ def bgp_fabric(tmp_path: Path) -> Iterator[tuple[Fabric, list[Agent]]]:
         with Fabric(nodes=2, router=True, backends=3) as fabric:
             fabric.start_backends()
             conf = tmp_path / "bird.conf"
-            conf.write_text(bird_config(fabric))
+            conf.write_text(bird_config(fabric, hold=HOLD))
             fabric.popen(
                 fabric.router,
                 ["bird", "-f", "-c", str(conf), "-s", str(tmp_path / "bird.ctl")],

@@ -48,12 +48,14 @@ from typing import Any
 
 import pytest
 import yaml
+from bird import NODE_ASN, ROUTER_ASN, bird_config
 from metrics_contract import ALERTS, concrete, dashboard, documented, queries
 
 from agent.lab import netns
 from agent.lab.echo import ask_tcp
 from agent.lab.fabric import BACKEND_PORT, Fabric, backend4
 from agent.lab.topology import Host
+from agent.lab.waiting import wait_for
 
 pytestmark = [
     pytest.mark.root,
@@ -63,7 +65,6 @@ pytestmark = [
     ),
 ]
 
-ROUTER_ASN, NODE_ASN = 64512, 64513
 POOL = "10.66.0.0/29"  # on no link: the router learns it from the nodes only
 HTTP_BACKEND_PORT = 8081
 TCP_PORT = UDP_PORT = 80
@@ -95,17 +96,6 @@ NO_DATA_HERE = {
     "test_removed_endpoints_... removes one (and checks this panel then)",
     "L2 ownership changes": NOT_IN_THIS_LAB["gatewaylb_l2_ownership_changes_total"],
 }
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(step)
 
 
 # -- manifests ---------------------------------------------------------------------------
@@ -186,26 +176,6 @@ def shortened_rules(path: Path) -> None:
             if "for" in rule:
                 rule["for"] = SHORT_FOR
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def bird_config(fabric: Fabric) -> str:
-    sessions = "".join(
-        f"protocol bgp {n.role.replace('-', '_')} from nodes "
-        f"{{ neighbor {n.ip4} as {NODE_ASN}; }}\n"
-        for n in fabric.nodes
-    )
-    return f"""router id {fabric.router.ip4};
-protocol device {{ scan time 1; }}
-protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
-template bgp nodes {{
-  local as {ROUTER_ASN};
-  hold time 3;
-  keepalive time 1;
-  passive on;
-  error wait time 1, 2;
-  ipv4 {{ import all; export none; }};
-}}
-{sessions}"""
 
 
 # -- HTTP from inside a namespace ---------------------------------------------------------
@@ -381,7 +351,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with Fabric(nodes=2, router=True, backends=2) as fabric:
         fabric.start_backends()
         start_http_backends(fabric)
-        (tmp / "bird.conf").write_text(bird_config(fabric))
+        (tmp / "bird.conf").write_text(bird_config(fabric, graceful_restart=False))
         with (tmp / "bird.log").open("ab") as log:
             bird = fabric.popen(
                 fabric.router,
