@@ -87,6 +87,8 @@ def frontend_outcome(
     """A kernel dataplane's outcome: each refused frontend told on its Gateway
     (an error removing a frontend no Gateway wants any more is only logged,
     by the dataplane, and keeps the stage unconverged so it is retried)."""
+    if not errors:  # every reconcile at 10k frontends: build no index for nothing
+        return Outcome(changed)
     sources = {f.key: f.source for f in desired.l4}
     failures = []
     for key, message in sorted(errors.items()):

@@ -3,7 +3,7 @@
 Answers every TCP read and every UDP datagram with `<name> <peer ip> <peer port>`
 so a test sees which backend served it and which source address the backend saw
 (to check masquerade).  Threaded; IPv4 and IPv6; stops on SIGTERM or SIGINT.
-`ask_tcp` is the matching client.  Owns only its own sockets.
+`ask_tcp` and `ask_udp` are the matching clients.  Owns only its own sockets.
 """
 
 from __future__ import annotations
@@ -25,6 +25,19 @@ def ask_tcp(addr: str, port: int, timeout: float = 1.0) -> str:
             s.settimeout(timeout)
             s.connect((addr, port))
             s.sendall(b"hi\n")
+            return s.recv(200).decode().split()[0]
+    except OSError as exc:
+        return f"error:{type(exc).__name__}"
+
+
+def ask_udp(addr: str, port: int, timeout: float = 1.0) -> str:
+    """`ask_tcp` over one datagram: the name that answered, or `error:<exception>`."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((addr, port))
+            s.send(b"hi")
             return s.recv(200).decode().split()[0]
     except OSError as exc:
         return f"error:{type(exc).__name__}"

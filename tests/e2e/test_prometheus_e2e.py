@@ -52,7 +52,7 @@ from bird import NODE_ASN, ROUTER_ASN, bird_config
 from metrics_contract import ALERTS, concrete, dashboard, documented, queries
 
 from agent.lab import netns
-from agent.lab.echo import ask_tcp
+from agent.lab.echo import ask_tcp, ask_udp
 from agent.lab.fabric import BACKEND_PORT, Fabric, backend4
 from agent.lab.topology import Host
 from agent.lab.waiting import wait_for
@@ -191,17 +191,6 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         return 0, f"{type(exc).__name__}: {exc}"
 
 
-def udp_ask(addr: str, port: int) -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect((addr, port))
-            s.send(b"hi")
-            return s.recv(200).decode().split()[0]
-        except OSError as exc:
-            return f"error:{type(exc).__name__}"
-
-
 def flood_unserved(addr: str, port: int, count: int, sources: int = 32) -> None:
     """UDP datagrams to a VIP port nobody serves, from `sources` source ports
     (ECMP spreads them over both nodes); each is refused and counted."""
@@ -238,7 +227,7 @@ class Traffic:
         while not self._stop.is_set():
             tcp = ask_tcp(self.vip, TCP_PORT, 0.5)
             self.answers[("tcp", tcp.split("@")[0])] += 1
-            self.answers[("udp", udp_ask(self.vip, UDP_PORT).split("@")[0])] += 1
+            self.answers[("udp", ask_udp(self.vip, UDP_PORT, 0.5).split("@")[0])] += 1
             code, _ = http_get(f"http://{self.vip}:{HTTP_PORT}/", timeout=2)
             self.answers[("http", str(code))] += 1
             self._stop.wait(0.05)

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agent.model.snapshot import Snapshot, build_snapshot
@@ -640,3 +644,13 @@ class FakeSource:
 
     def close(self) -> None:
         pass
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script of scripts/ (a file name with dashes) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module

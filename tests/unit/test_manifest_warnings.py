@@ -8,14 +8,13 @@ what is parsed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import load_script
 
 from agent.model.known import (
     MAX_UNKNOWN_FIELDS,
@@ -575,13 +574,7 @@ def test_watched_directory_and_file_source_keep_warnings_apart_from_errors(tmp_p
 
 
 def _generator() -> ModuleType:
-    path = REPO / "scripts" / "gen-known-fields.py"
-    spec = importlib.util.spec_from_file_location("gen_known_fields", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "gen-known-fields.py", "gen_known_fields")
 
 
 def test_known_fields_json_is_what_the_generator_writes() -> None:

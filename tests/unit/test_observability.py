@@ -9,17 +9,16 @@ real Prometheus scraping real agents.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from helpers import load_script
 from metrics_contract import (
     ALERT_TESTS,
     ALERTS,
@@ -121,13 +120,7 @@ def test_memory_alert_threshold_is_80_percent_of_the_daemonset_limit() -> None:
 
 
 def _generator() -> ModuleType:
-    path = REPO / "scripts" / "gen-prometheusrule.py"
-    spec = importlib.util.spec_from_file_location("gen_prometheusrule", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "gen-prometheusrule.py", "gen_prometheusrule")
 
 
 def test_prometheusrule_is_what_the_generator_writes_from_the_rules() -> None:
